@@ -1,0 +1,1 @@
+"""A speech-recognition service that measures itself."""

@@ -1,0 +1,61 @@
+"""Command line: `python -m service serve|transcribe|evaluate|samples|config`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from service import cli
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service", description="Speech recognition service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP service (settings from ASR_* variables)")
+    serve.add_argument("--host", help="bind address (default ASR_HOST)")
+    serve.add_argument("--port", type=int, help="port (default ASR_PORT)")
+    serve.set_defaults(run=cli.serve)
+
+    tr = sub.add_parser("transcribe", help="transcribe files in-process, without a server")
+    tr.add_argument("files", nargs="+", metavar="FILE")
+    tr.add_argument("--format", choices=["json", "text", "srt", "vtt"], default="text")
+    tr.add_argument("--language", help="language code (default: detect)")
+    tr.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
+    tr.add_argument("--word-timestamps", action="store_true")
+    tr.add_argument("--output-dir", help="write FILE-stem.FORMAT files here instead of printing")
+    tr.set_defaults(run=cli.transcribe)
+
+    ev = sub.add_parser("evaluate", help="score the model offline on audio files with reference texts")
+    ev.add_argument("--dir", required=True, help="folder of audio files, each with a NAME.txt reference beside it")
+    ev.add_argument("--language", help="language of every file (default: NAME.lang beside it, else detected)")
+    ev.add_argument("--json", action="store_true", help="print the table as JSON")
+    ev.set_defaults(run=cli.evaluate)
+
+    samples = sub.add_parser("samples", help="manage kept quality samples")
+    ssub = samples.add_subparsers(dest="samples_command", required=True)
+    exp = ssub.add_parser("export", help="write audio + hypothesis of samples to a folder for review")
+    exp.add_argument("dir")
+    exp.add_argument("--status", default="pending", choices=["pending", "referenced", "scored", "skipped", "all"])
+    exp.set_defaults(run=cli.samples_export)
+    imp = ssub.add_parser("import-references", help="attach references from a CSV (id,text) or JSONL file")
+    imp.add_argument("file")
+    imp.set_defaults(run=cli.samples_import)
+
+    conf = sub.add_parser("config", help="print the configuration table (markdown)")
+    conf.set_defaults(run=cli.print_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""OpenAI-compatible endpoints, so the official `openai` client works unchanged."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.api.common import form_openapi, transcriber_of
+from service.api.uploads import transcribe_upload
+from service.errors import BadRequestError, UnsupportedFeatureError
+from service.formats import MEDIA_TYPES, openai_json, render_text
+from service.languages import normalize_language
+from service.pipeline import RequestOptions
+
+router = APIRouter(prefix="/v1")
+_STARTED = int(time.time())
+# The model name every OpenAI client sends by default; it means "the model served here".
+OPENAI_DEFAULT_MODEL = "whisper-1"
+
+
+class ModelNotFoundError(BadRequestError):
+    status = 404
+    code = "model_not_found"
+
+
+class TranslationForm(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(..., description="The served model's id (see /v1/models) or `whisper-1`.")
+    prompt: str | None = Field(None, max_length=2000)
+    response_format: Literal["json", "verbose_json", "text", "srt", "vtt"] = "json"
+    temperature: float = Field(0.0, ge=0.0, le=1.0)
+    stream: bool = False
+
+
+class TranscriptionForm(TranslationForm):
+    language: str | None = Field(None, description="ISO-639-1 code of the audio's language.")
+    timestamp_granularities: list[Literal["word", "segment"]] = Field(["segment"])
+
+
+def _check_model(request: Request, form: TranslationForm) -> None:
+    served = transcriber_of(request).ready_backend().model
+    if form.model not in (served, OPENAI_DEFAULT_MODEL):
+        raise ModelNotFoundError(f"model {form.model!r} is not served here; use {served!r} or {OPENAI_DEFAULT_MODEL!r}")
+    if form.stream:
+        raise UnsupportedFeatureError("streaming responses are not supported; send stream=false")
+
+
+async def _respond(request: Request, form_model: type[TranslationForm], task: str) -> Response:
+    def options(form: TranslationForm) -> RequestOptions:
+        _check_model(request, form)
+        words = isinstance(form, TranscriptionForm) and "word" in form.timestamp_granularities
+        language = form.language if isinstance(form, TranscriptionForm) else None
+        return RequestOptions(
+            language=normalize_language(language),
+            task=task,
+            word_timestamps=words,
+            prompt=form.prompt,
+            temperature=form.temperature,
+        )
+
+    form, outcome, background = await transcribe_upload(request, form_model, options)
+    fmt = form.response_format
+    if fmt in ("json", "verbose_json"):
+        words = isinstance(form, TranscriptionForm) and "word" in form.timestamp_granularities
+        body = openai_json(outcome.result, task, verbose=fmt == "verbose_json", words=words)
+        return JSONResponse(body, background=background)
+    return Response(render_text(outcome.result, fmt), media_type=MEDIA_TYPES[fmt], background=background)
+
+
+@router.post("/audio/transcriptions", openapi_extra=form_openapi(TranscriptionForm, ("file", "model")))
+async def transcriptions(request: Request) -> Response:
+    """OpenAI's audio transcription endpoint."""
+    return await _respond(request, TranscriptionForm, "transcribe")
+
+
+@router.post("/audio/translations", openapi_extra=form_openapi(TranslationForm, ("file", "model")))
+async def translations(request: Request) -> Response:
+    """OpenAI's audio translation endpoint (speech in any language to English text)."""
+    return await _respond(request, TranslationForm, "translate")
+
+
+@router.get("/models")
+async def models(request: Request) -> JSONResponse:
+    """The served model, in OpenAI's list shape (empty while the model loads)."""
+    backend = transcriber_of(request).backend
+    data = (
+        []
+        if backend is None
+        else [{"id": backend.model, "object": "model", "created": _STARTED, "owned_by": backend.name}]
+    )
+    return JSONResponse({"object": "list", "data": data})

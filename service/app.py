@@ -1,0 +1,168 @@
+"""create_app(settings) -> FastAPI: the one place where the service's parts are wired.
+
+Nothing heavy happens at import or in create_app: the lifespan starts the scheduler, loads
+the model in the background (so /healthz answers while a large model loads and /readyz
+says when it is done) and starts the quality job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import multiprocess
+from starlette.exceptions import HTTPException
+
+from service.api import health, openai, samples, transcribe
+from service.api.common import FORM_OVERHEAD_BYTES, describe_validation_error
+from service.config import Settings
+from service.errors import ServiceError
+from service.gpu import GpuCollector
+from service.logs import configure_logging
+from service.metrics import Metrics, worker_pids
+from service.middleware import ObserverMiddleware, request_state
+from service.pipeline import BackendFactory, Transcriber
+from service.quality.job import QualityJob
+from service.quality.sampler import Sampler
+from service.quality.store import SampleStore
+from service.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+log = logging.getLogger(__name__)
+
+# HTTP statuses raised by the framework (not by our code), with the code and rejection
+# reason they are answered and counted with.
+_HTTP_CODES = {
+    400: ("bad_request", "bad_request"),
+    404: ("not_found", None),
+    405: ("method_not_allowed", None),
+    413: ("upload_too_large", "too_large"),
+}
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backend_factory: BackendFactory | None = None,
+    metrics: Metrics | None = None,
+    restore_counters: bool | None = None,
+) -> FastAPI:
+    """Build the service. `backend_factory` replaces the engine (tests); `restore_counters`
+    defaults to True except in multiprocess mode, where `serve` restores them once."""
+    settings = settings or Settings()
+    configure_logging(settings.server)
+    metrics = metrics or Metrics()
+    metrics.add_collector(GpuCollector(_own_pids(metrics)))
+    scheduler = Scheduler(settings.scheduler.workers, settings.scheduler.queue_size, metrics)
+    transcriber = Transcriber(settings, metrics, scheduler, backend_factory)
+    quality = settings.quality
+    store = SampleStore(quality.dir, quality.max_samples, quality.retention_days) if quality.sample_rate > 0 else None
+    job = QualityJob(store, metrics, quality.normalizer, transcriber.metric_language) if store else None
+    if restore_counters is None:
+        restore_counters = not metrics.multiprocess
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await scheduler.start()
+        tasks = [asyncio.create_task(asyncio.to_thread(transcriber.load), name="model-load")]
+        if job is not None:
+            if restore_counters:
+                await asyncio.to_thread(job.restore_counters)
+            tasks.append(asyncio.create_task(job.run_forever(quality.interval_seconds), name="quality-job"))
+        try:
+            yield
+        finally:
+            for task in tasks[1:]:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.gather(*tasks[1:], return_exceptions=True)
+            await scheduler.stop()
+            await tasks[0]  # a load under way finishes before the model is released
+            await asyncio.to_thread(transcriber.close)
+            if metrics.multiprocess:
+                # uvicorn has no child-exit hook: drop this worker's live gauges on the way out.
+                multiprocess.mark_process_dead(os.getpid())
+
+    app = FastAPI(
+        title="ASR service",
+        summary="Speech recognition that measures itself: latency, real-time factor and word error rate.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.transcriber = transcriber
+    app.state.store = store
+    app.state.quality_job = job
+    app.state.sampler = Sampler(quality, store, metrics, transcriber.metric_language)
+
+    upload_limit = settings.limits.max_upload_bytes + FORM_OVERHEAD_BYTES
+    app.include_router(health.router)
+    if settings.server.metrics_port is None:
+        app.include_router(health.metrics_router)
+    app.include_router(transcribe.router, max_body_size=upload_limit)
+    app.include_router(openai.router, max_body_size=upload_limit)
+    app.include_router(samples.router, max_body_size=FORM_OVERHEAD_BYTES)
+    _install_error_handlers(app, metrics)
+    app.add_middleware(ObserverMiddleware, metrics=metrics)
+    return app
+
+
+def _own_pids(metrics: Metrics) -> Any:
+    def pids() -> set[int]:
+        if metrics.multiprocess:
+            return set(worker_pids(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+        return {os.getpid()}
+
+    return pids
+
+
+def _error_body(status: int, code: str, message: str) -> dict[str, Any]:
+    # `type` mirrors OpenAI's error shape, which its client parses.
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"code": code, "message": message, "type": kind}}
+
+
+def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    def reject(
+        request: Request,
+        status: int,
+        code: str,
+        message: str,
+        reason: str | None,
+        headers: dict[str, str] | None = None,
+    ) -> JSONResponse:
+        if reason is not None:
+            metrics.rejected.labels(reason).inc()
+        request_state(request.scope)["error"] = code
+        return JSONResponse(_error_body(status, code, message), status_code=status, headers=headers)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return reject(request, exc.status, exc.code, exc.message, exc.reason, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message = describe_validation_error(exc)  # type: ignore[arg-type]
+        return reject(request, 422, "invalid_parameter", message, "bad_request")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code, reason = _HTTP_CODES.get(exc.status_code, ("http_error", None))
+        message = str(exc.detail)
+        if exc.status_code == 413:
+            message = "the upload is larger than the limit of ASR_MAX_UPLOAD_BYTES"
+        return reject(request, exc.status_code, code, message, reason, dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(_error_body(500, "internal_error", "internal error; see the service log"), status_code=500)

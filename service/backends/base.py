@@ -1,0 +1,112 @@
+"""The engine port: what every backend offers and what it returns.
+
+Backends take 16 kHz mono float32 audio and return a Transcript. They run in worker
+threads, so `transcribe` may block; it should check `cancel` between segments so that a
+request that timed out frees its worker early.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    import threading
+
+    import numpy as np
+    import numpy.typing as npt
+
+SAMPLE_RATE = 16_000
+Task = Literal["transcribe", "translate"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do; the API answers 422 when a request asks for more."""
+
+    languages: frozenset[str]
+    translate: bool
+    word_timestamps: bool
+    emotion: bool = False
+    audio_events: bool = False
+    batching: bool = False
+    prompt: bool = True
+    temperature: bool = True
+    vad_filter: bool = True
+    # Whether segments carry avg_logprob / no_speech_prob / compression_ratio.
+    segment_scores: bool = True
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """One request's decoding options; None means the engine's (or service's) default."""
+
+    language: str | None = None
+    task: Task = "transcribe"
+    word_timestamps: bool = False
+    vad_filter: bool = False
+    initial_prompt: str | None = None
+    temperature: float | None = None
+
+
+@dataclass
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass
+class Segment:
+    id: int
+    start: float
+    end: float
+    text: str
+    words: list[Word] | None = None
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    compression_ratio: float | None = None
+    temperature: float | None = None
+    tokens: list[int] = field(default_factory=list)
+    # SenseVoice's rich output: one emotion and the sound events heard in the segment.
+    emotion: str | None = None
+    events: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Transcript:
+    text: str
+    language: str
+    language_probability: float
+    duration: float
+    segments: list[Segment]
+    # The engine's own output before clean-up (SenseVoice's tagged text), when it has one.
+    raw_text: str | None = None
+
+
+class Cancelled(Exception):
+    """Raised inside a backend when the request's cancel event was set."""
+
+
+class Backend(Protocol):
+    """An engine that turns audio into text. Implementations live beside this module."""
+
+    name: str
+    model: str
+    device: str
+    compute_type: str
+    capabilities: Capabilities
+
+    def transcribe(
+        self,
+        audio: npt.NDArray[np.float32],
+        options: TranscribeOptions,
+        cancel: threading.Event | None = None,
+    ) -> Transcript:
+        """Transcribe one mono 16 kHz clip; raises Cancelled when `cancel` is set midway."""
+        ...
+
+    def close(self) -> None:
+        """Release the model's memory."""
+        ...

@@ -1,0 +1,167 @@
+"""Whisper through faster-whisper (CTranslate2): the default engine."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import ctranslate2
+from faster_whisper import BatchedInferencePipeline, WhisperModel
+from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+from service.backends import model_label
+from service.backends.base import (
+    Cancelled,
+    Capabilities,
+    Segment,
+    TranscribeOptions,
+    Transcript,
+    Word,
+)
+from service.embedded_model import embedded_model_path, is_embedded
+from service.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import threading
+
+    import numpy as np
+    import numpy.typing as npt
+
+    from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(requested: str) -> str:
+    """Return `cuda` or `cpu` for ASR_DEVICE; `auto` picks CUDA when CTranslate2 sees a GPU."""
+    if requested != "auto":
+        return requested
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+def resolve_compute_type(requested: str, device: str) -> str:
+    if requested != "auto":
+        return requested
+    # int8 keeps quality and runs ~2-3x faster than float32 on CPU; float16 is the GPU norm.
+    return "float16" if device == "cuda" else "int8"
+
+
+def default_cpu_threads(workers: int) -> int:
+    """Share the host's cores among the inference workers, so they don't fight over them."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+class FasterWhisperBackend:
+    """faster-whisper's WhisperModel, one instance shared by `ASR_WORKERS` threads.
+
+    CTranslate2 runs concurrent `generate` calls in parallel when built with
+    `inter_threads` (num_workers) equal to the number of calling threads.
+    """
+
+    name = "faster-whisper"
+
+    def __init__(self, settings: Settings) -> None:
+        ms = settings.model
+        self.device = resolve_device(ms.device)
+        self.compute_type = resolve_compute_type(ms.compute_type, self.device)
+        self.model = model_label(settings)
+        self._decode = settings.decode
+        workers = settings.scheduler.workers
+        path = self._model_path(settings)
+        log.info("loading %s from %s on %s (%s)", self.model, path, self.device, self.compute_type)
+        try:
+            self._whisper = WhisperModel(
+                path,
+                device=self.device,
+                compute_type=self.compute_type,
+                cpu_threads=ms.cpu_threads or default_cpu_threads(workers),
+                num_workers=workers,
+                download_root=str(ms.cache_dir / "hub"),
+                local_files_only=ms.local_files_only,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(f"cannot load faster-whisper model {ms.model!r}: {exc}") from exc
+        batching = self._decode.batching
+        use_batching = batching == "on" or (batching == "auto" and self.device == "cuda")
+        self._batched = BatchedInferencePipeline(self._whisper) if use_batching else None
+        multilingual = self._whisper.model.is_multilingual
+        self.capabilities = Capabilities(
+            languages=frozenset(_LANGUAGE_CODES) if multilingual else frozenset({"en"}),
+            translate=multilingual,
+            word_timestamps=True,
+            batching=self._batched is not None,
+        )
+
+    @staticmethod
+    def _model_path(settings: Settings) -> str:
+        name = settings.model.model
+        if is_embedded(name):
+            return str(embedded_model_path(name, settings.model.cache_dir))
+        return name  # a directory, a size such as large-v3, or a hub id: WhisperModel resolves it
+
+    @property
+    def batch_size(self) -> int | None:
+        """Segments per batch when batching, else None."""
+        return self._decode.batch_size if self._batched is not None else None
+
+    def transcribe(
+        self,
+        audio: npt.NDArray[np.float32],
+        options: TranscribeOptions,
+        cancel: threading.Event | None = None,
+    ) -> Transcript:
+        kwargs: dict[str, Any] = {
+            "language": options.language,
+            "task": options.task,
+            "beam_size": self._decode.beam_size,
+            "best_of": self._decode.best_of,
+            "word_timestamps": options.word_timestamps,
+            "initial_prompt": options.initial_prompt,
+            "condition_on_previous_text": self._decode.condition_on_previous_text,
+        }
+        if options.temperature:
+            # OpenAI's semantics: 0 means "start greedy and fall back to higher temperatures
+            # on failure" (the engine default); another value is used as the only one.
+            kwargs["temperature"] = options.temperature
+        if self._batched is not None:
+            # The batched pipeline needs VAD to cut the audio into chunks it can batch.
+            segments, info = self._batched.transcribe(
+                audio, vad_filter=True, batch_size=self._decode.batch_size, **kwargs
+            )
+        else:
+            segments, info = self._whisper.transcribe(audio, vad_filter=options.vad_filter, **kwargs)
+        out: list[Segment] = []
+        raw_texts: list[str] = []  # Whisper puts the spaces where the language wants them
+        # segments is a generator: the work happens as it is iterated, so cancelling between
+        # segments stops the engine within one 30 s window.
+        for seg in segments:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            raw_texts.append(seg.text)
+            out.append(
+                Segment(
+                    id=len(out),
+                    start=seg.start,
+                    end=seg.end,
+                    text=seg.text.strip(),
+                    words=[Word(w.start, w.end, w.word, w.probability) for w in seg.words]
+                    if seg.words is not None
+                    else None,
+                    avg_logprob=seg.avg_logprob,
+                    no_speech_prob=seg.no_speech_prob,
+                    compression_ratio=seg.compression_ratio,
+                    temperature=seg.temperature,
+                    tokens=list(seg.tokens),
+                )
+            )
+        return Transcript(
+            text="".join(raw_texts).strip(),
+            language=info.language,
+            language_probability=float(info.language_probability),
+            duration=float(info.duration),
+            segments=out,
+        )
+
+    def close(self) -> None:
+        self._whisper.model.unload_model()

@@ -1,0 +1,311 @@
+"""What the CLI commands do; argument parsing lives in __main__.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from service.config import ServerSettings, Settings, configuration_markdown
+from service.errors import ModelLoadError, ServiceError
+
+if TYPE_CHECKING:
+    import argparse
+
+log = logging.getLogger("service.cli")
+AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".webm", ".mp4", ".aac", ".wma", ".aiff"}
+
+
+# ---- serve ------------------------------------------------------------------------------
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.logs import configure_logging
+
+    base = Settings()
+    server = base.server.model_copy(
+        update={k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    )
+    settings = base.model_copy(update={"server": server})
+    configure_logging(settings.server)
+    common: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "log_config": None,
+        "access_log": False,  # the service logs one line per request itself
+        "timeout_graceful_shutdown": 30,
+    }
+    if server.processes == 1:
+        from service.app import create_app
+
+        app = create_app(settings)
+        if server.metrics_port is not None:
+            start_metrics_server(app.state.metrics, server)
+        uvicorn.run(app, **common)
+        return 0
+    _prepare_multiprocess(settings)
+    uvicorn.run("service.app:create_app", factory=True, workers=server.processes, **common)
+    return 0
+
+
+def _prepare_multiprocess(settings: Settings) -> None:
+    """Set up prometheus_client's multiprocess mode before any metric exists.
+
+    The directory is emptied first: files of a previous run would be summed into this one.
+    The supervising process restores the quality counters once; workers never do (a
+    restarted worker's predecessor still has its counter files).
+    """
+    path = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.model.cache_dir / "metrics-multiproc")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    from service.metrics import Metrics
+
+    metrics = Metrics()
+    if settings.quality.sample_rate > 0:
+        from service.quality.job import QualityJob
+        from service.quality.store import SampleStore
+
+        q = settings.quality
+        QualityJob(SampleStore(q.dir, q.max_samples, q.retention_days), metrics).restore_counters()
+    if settings.server.metrics_port is not None:
+        from service.gpu import GpuCollector
+        from service.metrics import worker_pids
+
+        metrics.add_collector(GpuCollector(lambda: set(worker_pids(str(path)))))
+        start_metrics_server(metrics, settings.server)
+    log.info("multiprocess metrics in %s for %d workers", path, settings.server.processes)
+
+
+def start_metrics_server(metrics: Any, server: ServerSettings) -> None:
+    """Serve /metrics on ASR_METRICS_PORT in a daemon thread, off the public listener."""
+    import threading
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    class _Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class _QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ.get("PATH_INFO") not in ("/metrics", "/"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found\n"]
+        body, content_type = metrics.render(environ.get("HTTP_ACCEPT"))
+        start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return [body]
+
+    assert server.metrics_port is not None
+    httpd = make_server(server.host, server.metrics_port, app, server_class=_Server, handler_class=_QuietHandler)
+    threading.Thread(target=httpd.serve_forever, name="metrics-server", daemon=True).start()
+    log.info("metrics on http://%s:%s/metrics", server.host, server.metrics_port)
+
+
+# ---- transcribe / evaluate --------------------------------------------------------------
+
+
+def _load_backend(settings: Settings) -> Any:
+    from service.backends import load_backend
+
+    try:
+        return load_backend(settings)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _transcribe_file(backend: Any, settings: Settings, path: Path, options: Any) -> Any:
+    from service.audio import load_file
+    from service.windowing import transcribe_windowed
+
+    audio = load_file(path, settings.limits.max_audio_seconds)
+    try:
+        return transcribe_windowed(backend, audio, options, settings.decode.long_audio_window_seconds)
+    finally:
+        audio.close()
+
+
+def transcribe(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from service.backends.base import TranscribeOptions
+    from service.formats import Result, render_text, service_json
+    from service.languages import normalize_language
+    from service.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.server.model_copy(update={"log_level": "WARNING"}))
+    backend = _load_backend(settings)
+    options = TranscribeOptions(
+        language=normalize_language(args.language), task=args.task, word_timestamps=args.word_timestamps
+    )
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    files = [Path(f) for f in args.files]
+    for path in tqdm(files, disable=len(files) < 2, unit="file", file=sys.stderr):
+        started = time.perf_counter()
+        try:
+            transcript = _transcribe_file(backend, settings, path, options)
+        except (ServiceError, OSError) as exc:
+            failures += 1
+            print(f"error: {path}: {getattr(exc, 'message', exc)}", file=sys.stderr)
+            continue
+        result = Result(transcript, backend.name, backend.model, time.perf_counter() - started)
+        if args.format == "json":
+            text = json.dumps({"file": str(path), **service_json(result, verbose=False)}, ensure_ascii=False) + "\n"
+        else:
+            text = render_text(result, args.format)
+        if out_dir:
+            (out_dir / f"{path.stem}.{args.format}").write_text(text, encoding="utf-8")
+        else:
+            if len(files) > 1 and args.format != "json":
+                sys.stdout.write(f"==> {path} <==\n")
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    backend.close()
+    return 1 if failures else 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from service.backends.base import TranscribeOptions
+    from service.languages import normalize_language
+    from service.logs import configure_logging
+    from service.quality.scoring import score
+
+    settings = Settings()
+    configure_logging(settings.server.model_copy(update={"log_level": "WARNING"}))
+    folder = Path(args.dir)
+    pairs = [(p, p.with_suffix(".txt")) for p in sorted(folder.iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES]
+    pairs = [(a, r) for a, r in pairs if r.is_file()]
+    if not pairs:
+        print(f"error: no audio file in {folder} has a NAME.txt reference beside it", file=sys.stderr)
+        return 2
+    backend = _load_backend(settings)
+    totals: dict[str, dict[str, Any]] = defaultdict(lambda: {"files": 0, "errors": 0, "units": 0, "unit": "word"})
+    for audio_path, ref_path in tqdm(pairs, disable=len(pairs) < 2, unit="file", file=sys.stderr):
+        lang_file = audio_path.with_suffix(".lang")
+        language = normalize_language(args.language or (lang_file.read_text().strip() if lang_file.is_file() else None))
+        transcript = _transcribe_file(backend, settings, audio_path, TranscribeOptions(language=language))
+        result = score(
+            ref_path.read_text(encoding="utf-8"), transcript.text, transcript.language, settings.quality.normalizer
+        )
+        row = totals[transcript.language]
+        row["files"] += 1
+        row["errors"] += result.errors
+        row["units"] += result.reference_units
+        row["unit"] = result.unit
+    backend.close()
+    rows = [
+        {
+            "language": lang,
+            "files": r["files"],
+            "metric": "CER" if r["unit"] == "char" else "WER",
+            "errors": r["errors"],
+            "reference_units": r["units"],
+            "rate": round(r["errors"] / r["units"], 4) if r["units"] else None,
+        }
+        for lang, r in sorted(totals.items())
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'language':<9}{'files':>6}  {'metric':<6}{'errors':>8}{'ref units':>11}{'rate':>9}")
+    for r in rows:
+        rate = f"{r['rate'] * 100:.2f}%" if r["rate"] is not None else "n/a"
+        print(f"{r['language']:<9}{r['files']:>6}  {r['metric']:<6}{r['errors']:>8}{r['reference_units']:>11}{rate:>9}")
+    return 0
+
+
+# ---- samples ----------------------------------------------------------------------------
+
+
+def _store(settings: Settings) -> Any:
+    from service.quality.store import SampleStore
+
+    q = settings.quality
+    return SampleStore(q.dir, q.max_samples, q.retention_days)
+
+
+def samples_export(args: argparse.Namespace) -> int:
+    settings = Settings()
+    store = _store(settings)
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    status = None if args.status == "all" else args.status
+    records, _ = store.page(status=status, limit=1_000_000)
+    with open(out / "manifest.jsonl", "w", encoding="utf-8") as manifest:
+        for record in records:
+            audio = store.audio_path(record.id)
+            if audio.is_file():
+                shutil.copyfile(audio, out / f"{record.id}.wav")
+            (out / f"{record.id}.hypothesis.txt").write_text(record.hypothesis + "\n", encoding="utf-8")
+            manifest.write(json.dumps(record.summary(), ensure_ascii=False) + "\n")
+    print(f"exported {len(records)} samples to {out} (manifest.jsonl, <id>.wav, <id>.hypothesis.txt)")
+    return 0
+
+
+def _read_references(path: Path) -> list[tuple[str, str]]:
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [(row["id"].strip(), row["text"]) for row in csv.DictReader(fh)]
+    pairs = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                item = json.loads(line)
+                pairs.append((str(item["id"]).strip(), str(item["text"])))
+    return pairs
+
+
+def samples_import(args: argparse.Namespace) -> int:
+    from service.quality.store import SampleConflictError, valid_id
+
+    store = _store(Settings())
+    try:
+        pairs = _read_references(Path(args.file))
+    except (OSError, KeyError, ValueError) as exc:
+        print(
+            f"error: cannot read {args.file}: expected CSV with columns id,text or JSONL with id and text ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    done, problems = 0, []
+    for sample_id, text in pairs:
+        if not valid_id(sample_id) or not text.strip():
+            problems.append(f"{sample_id[:40]!r}: invalid id or empty text")
+            continue
+        try:
+            record = store.set_reference(sample_id, text.strip())
+        except SampleConflictError as exc:
+            problems.append(str(exc))
+            continue
+        if record is None:
+            problems.append(f"{sample_id}: no such sample")
+        else:
+            done += 1
+    for problem in problems:
+        print(f"skipped: {problem}", file=sys.stderr)
+    print(f"imported {done} references ({len(problems)} skipped)")
+    return 0 if not problems else 1
+
+
+def print_config(args: argparse.Namespace) -> int:
+    sys.stdout.write(configuration_markdown())
+    return 0

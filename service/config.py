@@ -1,0 +1,203 @@
+"""Settings: one object, read from ASR_* environment variables, passed down explicitly.
+
+Sub-models group the settings by concern; each is a BaseSettings of its own so that its
+variables keep flat, readable names (ASR_QUEUE_SIZE, ASR_QUALITY_SAMPLE_RATE).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "asr-service"
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True)
+
+
+class ModelSettings(BaseSettings):
+    """Which engine runs which model, where."""
+
+    model_config = _config("ASR_")
+
+    backend: str = Field("faster-whisper", description="Engine: faster-whisper, openai-whisper or sensevoice.")
+    model: str = Field(
+        "embedded:base",
+        description="Model: `embedded:base` (shipped Whisper base), `embedded:tiny.en`, a name such as "
+        "`large-v3`, a hub id, or a local directory / checkpoint file.",
+    )
+    model_label: str | None = Field(
+        None,
+        description="Name the model is reported under in metrics and /v1/models (default: derived from ASR_MODEL).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where inference runs.")
+    compute_type: str = Field(
+        "auto", description="CTranslate2 compute type; `auto` is int8 on CPU and float16 on CUDA."
+    )
+    cpu_threads: int = Field(
+        0, ge=0, description="CPU threads per inference worker; 0 divides the host's cores among the workers."
+    )
+    cache_dir: Path = Field(
+        DEFAULT_CACHE_DIR, description="Where the embedded model is assembled and hub models are cached."
+    )
+    local_files_only: bool = Field(False, description="Never contact a model hub; load only what is already on disk.")
+
+
+class DecodeSettings(BaseSettings):
+    """Decoding defaults; they equal faster-whisper 1.2.1's own defaults unless changed."""
+
+    model_config = _config("ASR_")
+
+    beam_size: int = Field(5, ge=1, le=20, description="Beam size for decoding.")
+    best_of: int = Field(5, ge=1, le=20, description="Candidates when sampling with temperature > 0.")
+    condition_on_previous_text: bool = Field(
+        True, description="Feed the previous window's text as a prompt to the next."
+    )
+    vad_filter_default: bool = Field(
+        False, description="Whether requests that do not say otherwise drop silence with Silero VAD."
+    )
+    long_audio_window_seconds: float = Field(
+        600.0,
+        ge=10.0,
+        description="Audio longer than this is transcribed in windows cut at quiet points, so memory stays bounded.",
+    )
+    batch_size: int = Field(8, ge=1, le=64, description="Segments per batch when batching on CUDA.")
+    batching: Literal["auto", "on", "off"] = Field(
+        "auto", description="Batched inference: `auto` batches on CUDA only."
+    )
+
+
+class LimitSettings(BaseSettings):
+    """What one request may ask of the service."""
+
+    model_config = _config("ASR_")
+
+    max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0, description="Largest upload accepted (413 beyond).")
+    max_audio_seconds: float = Field(7200.0, gt=0, description="Longest audio accepted (413 beyond).")
+    request_timeout_seconds: float = Field(
+        300.0, gt=0, description="Base time a request may take, queue wait included (504 beyond)."
+    )
+    timeout_per_audio_second: float = Field(
+        1.0, ge=0, description="Extra timeout granted per second of audio, so long files are not cut short."
+    )
+
+
+class SchedulerSettings(BaseSettings):
+    """Admission control in front of the engine."""
+
+    model_config = _config("ASR_")
+
+    workers: int = Field(1, ge=1, le=64, description="Inference workers (concurrent transcriptions) per process.")
+    queue_size: int = Field(16, ge=0, le=10_000, description="Requests that may wait for a worker (429 beyond).")
+
+
+class ServerSettings(BaseSettings):
+    """The HTTP listener, auth and logs."""
+
+    model_config = _config("ASR_")
+
+    host: str = Field("127.0.0.1", description="Address `serve` binds to (0.0.0.0 in containers).")
+    port: int = Field(8000, ge=1, le=65535, description="Port `serve` listens on.")
+    processes: int = Field(
+        1, ge=1, le=64, description="Uvicorn worker processes; above 1, metrics use multiprocess mode."
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve /metrics on this port only, off the public listener."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="Bearer token required on transcription endpoints (off when unset)."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for the sample review API (the API is off when unset)."
+    )
+    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    log_file: Path | None = Field(None, description="Also append logs to this file.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+
+class QualitySettings(BaseSettings):
+    """The quality loop: sampling, the sample store, the scoring job."""
+
+    model_config = _config("ASR_QUALITY_")
+
+    sample_rate: float = Field(0.01, ge=0.0, le=1.0, description="Share of served requests kept for review.")
+    min_per_stratum: float = Field(
+        20.0,
+        ge=0.0,
+        description="Samples a day each stratum (language x duration bucket) gets at least, however rare.",
+    )
+    flagged_rate: float = Field(
+        0.5, ge=0.0, le=1.0, description="Keep rate for requests the hallucination guard flagged."
+    )
+    dir: Path = Field(DEFAULT_CACHE_DIR / "quality", description="Where samples and their SQLite index live.")
+    max_samples: int = Field(10_000, ge=1, description="Most samples kept; the oldest go first.")
+    retention_days: float = Field(30.0, gt=0, description="Samples older than this are deleted.")
+    max_sample_seconds: float = Field(600.0, gt=0, description="Longer requests are never sampled.")
+    interval_seconds: float = Field(300.0, gt=0, description="How often the scoring job runs in the service.")
+    normalizer: Literal["auto", "basic", "whisper"] = Field(
+        "auto",
+        description="Text normalisation before scoring: `auto` uses Whisper's English normaliser for English "
+        "when openai-whisper is installed, else the basic one.",
+    )
+
+
+class SenseVoiceSettings(BaseSettings):
+    """FunASR SenseVoiceSmall options (used when ASR_BACKEND=sensevoice)."""
+
+    model_config = _config("ASR_SENSEVOICE_")
+
+    vad_model: str | None = Field(
+        None, description="FunASR VAD model (e.g. `fsmn-vad` or a local directory); none feeds audio whole."
+    )
+    max_single_segment_time: int = Field(30_000, gt=0, description="Longest VAD segment in milliseconds.")
+    use_itn: bool = Field(True, description="Inverse text normalisation (punctuation, numbers).")
+    batch_size_s: float = Field(60.0, gt=0, description="Seconds of audio per batch.")
+    merge_vad: bool = Field(True, description="Merge short VAD segments.")
+    merge_length_s: float = Field(15.0, gt=0, description="Merged segments' target length in seconds.")
+
+
+class Settings(BaseModel):
+    """Everything the service can be told. Build one and pass it down; nothing reads os.environ later.
+
+    A plain model, not a BaseSettings: each group reads its own variables, and ASR_MODEL (a
+    field of ModelSettings) must not be mistaken for the `model` group itself.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    model: ModelSettings = Field(default_factory=ModelSettings)  # type: ignore[arg-type]
+    decode: DecodeSettings = Field(default_factory=DecodeSettings)  # type: ignore[arg-type]
+    limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)  # type: ignore[arg-type]
+    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
+    quality: QualitySettings = Field(default_factory=QualitySettings)  # type: ignore[arg-type]
+    sensevoice: SenseVoiceSettings = Field(default_factory=SenseVoiceSettings)  # type: ignore[arg-type]
+
+
+def iter_env_vars(settings_cls: type[BaseModel] = Settings) -> Iterator[tuple[str, Any, str]]:
+    """Yield (environment variable, default, description) for every setting, in declaration order."""
+    for field in settings_cls.model_fields.values():
+        group = field.annotation
+        assert isinstance(group, type) and issubclass(group, BaseSettings)
+        prefix = str(group.model_config.get("env_prefix", ""))
+        for name, sub in group.model_fields.items():
+            default = sub.default
+            if isinstance(default, Path) and default.is_relative_to(Path.home()):
+                default = "~/" + str(default.relative_to(Path.home()))
+            yield (prefix + name).upper(), default, sub.description or ""
+
+
+def configuration_markdown() -> str:
+    """Return the configuration table that README.md embeds (a test keeps the two equal)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for env, default, description in iter_env_vars():
+        shown = "(unset)" if default is None else f"`{default}`"
+        rows.append(f"| `{env}` | {shown} | {description} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,153 @@
+"""Error types the service raises on purpose, each with its HTTP status and rejection reason.
+
+The mapping lives here and only here: routers raise, app.py's handlers render
+`{"error": {"code", "message", "type"}}` and count the rejection by `reason`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+# Every value of asr_requests_rejected_total{reason}; pre-created at zero so alerts see them.
+REJECTION_REASONS = (
+    "too_large",
+    "unsupported_media",
+    "decode_error",
+    "bad_request",
+    "queue_full",
+    "timeout",
+    "backend_error",
+    "unauthorized",
+    "not_ready",
+)
+
+
+class ServiceError(Exception):
+    """Base of the errors that become a JSON answer. Subclasses fix status, code and reason."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    reason: ClassVar[str] = "bad_request"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequestError(ServiceError):
+    """A parameter is missing or has a value the service does not know (422)."""
+
+    status = 422
+    code = "invalid_parameter"
+
+
+class EmptyUploadError(ServiceError):
+    """The upload holds no bytes at all (400)."""
+
+    status = 400
+    code = "empty_upload"
+
+
+class UploadTooLargeError(ServiceError):
+    """The upload passed ASR_MAX_UPLOAD_BYTES (413); raised while reading, not after."""
+
+    status = 413
+    code = "upload_too_large"
+    reason = "too_large"
+
+
+class AudioTooLongError(ServiceError):
+    """The audio lasts longer than ASR_MAX_AUDIO_SECONDS (413)."""
+
+    status = 413
+    code = "audio_too_long"
+    reason = "too_large"
+
+
+class UnsupportedMediaError(ServiceError):
+    """The upload is not audio that ffmpeg recognises: no container, or no audio stream (415)."""
+
+    status = 415
+    code = "unsupported_media"
+    reason = "unsupported_media"
+
+
+class AudioDecodeError(ServiceError):
+    """The upload looks like audio but cannot be decoded: truncated or corrupt (422)."""
+
+    status = 422
+    code = "undecodable_audio"
+    reason = "decode_error"
+
+
+class UnsupportedFeatureError(ServiceError):
+    """The request asks for something the loaded engine cannot do (422)."""
+
+    status = 422
+    code = "unsupported_feature"
+
+
+class UnauthorizedError(ServiceError):
+    """Missing or wrong bearer token (401)."""
+
+    status = 401
+    code = "unauthorized"
+    reason = "unauthorized"
+
+    def __init__(self, message: str = "missing or invalid bearer token") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFoundError(ServiceError):
+    """The named resource does not exist (404)."""
+
+    status = 404
+    code = "not_found"
+
+
+class QueueFullError(ServiceError):
+    """Every worker is busy and the queue is full (429 with Retry-After)."""
+
+    status = 429
+    code = "queue_full"
+    reason = "queue_full"
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(
+            f"the service is at capacity; retry in {retry_after_seconds} s",
+            headers={"Retry-After": str(retry_after_seconds)},
+        )
+        self.retry_after_seconds = retry_after_seconds
+
+
+class RequestTimeoutError(ServiceError):
+    """The request waited and ran longer than its timeout (504)."""
+
+    status = 504
+    code = "timeout"
+    reason = "timeout"
+
+
+class BackendError(ServiceError):
+    """The engine failed (CUDA out of memory, an engine bug); the service keeps serving (503)."""
+
+    status = 503
+    code = "backend_error"
+    reason = "backend_error"
+
+
+class NotReadyError(ServiceError):
+    """The model is still loading, or failed to load (503)."""
+
+    status = 503
+    code = "not_ready"
+    reason = "not_ready"
+
+
+class ModelLoadError(Exception):
+    """The configured model cannot be found or loaded; carries a message an operator can act on."""
+
+
+class MissingExtraError(ModelLoadError):
+    """The chosen engine's optional dependencies are not installed."""

@@ -1,0 +1,364 @@
+"""Every metric the service exports, defined once, against an injectable registry.
+
+The names are a contract: deploy/prometheus rules and deploy/grafana dashboards use them
+(docs/metrics.md lists each with a query). Labels are bounded: route templates, backend,
+model, languages the engine knows, fixed reason/kind sets; never raw paths or user input.
+
+Multiprocess mode (several uvicorn workers) is on when PROMETHEUS_MULTIPROC_DIR is set
+before prometheus_client is imported: values then live in that directory, and a scrape
+merges them (`render`). Gauges state how they merge; exemplars and custom collectors do not
+work across processes, so the GPU collector and a summed process collector run at scrape
+time in the answering process.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    multiprocess,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from service.errors import REJECTION_REASONS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import Collector
+
+# Alert thresholds that deploy/prometheus/rules/alerts.yml uses; each is a bucket boundary
+# below so that histogram_quantile and le-ratios are exact there (tests check both files).
+LATENCY_ALERT_SECONDS = 30.0
+QUEUE_WAIT_ALERT_SECONDS = 10.0
+RTF_ALERT = 1.0
+LATENCY_SLO_SECONDS = 60.0
+
+# HTTP latency: from quick errors to a 10-minute transcription.
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Real-time factor: 0.01 (a GPU on large batches) to 4 (four times slower than speech).
+RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
+# Audio duration: 1 s to 2 h.
+AUDIO_BUCKETS = (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Whisper's own fallback thresholds are -1.0 (log-prob), 0.6 (no-speech), 2.4 (compression).
+LOGPROB_BUCKETS = (-3.0, -2.0, -1.5, -1.0, -0.8, -0.6, -0.4, -0.3, -0.2, -0.1, 0.0)
+NO_SPEECH_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+COMPRESSION_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.4, 3.0, 4.0, 6.0, 10.0)
+
+HALLUCINATION_KINDS = ("repetition", "silence", "phantom_phrase")
+SKIP_REASONS = ("missing_audio", "damaged_audio", "missing_record")
+UNMATCHED_ROUTE = "<unmatched>"
+
+_MODEL_LABELS = ("backend", "model")
+_LANG_LABELS = ("backend", "model", "language")
+
+
+class Metrics:
+    """The metric objects; build one per app with a fresh registry in tests."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # `_created` samples would double every counter's series; Prometheus 2.x never reads them.
+        disable_created_metrics()
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        self.registry = registry if registry is not None else CollectorRegistry()
+        # In multiprocess mode values go to mmap files; the registry is only for the
+        # collectors that are read at scrape time.
+        r = None if self.multiprocess else self.registry
+        self._extra_collectors: list[Collector] = []
+
+        self.http_requests = Counter(
+            "asr_http_requests",
+            "HTTP requests answered, by route template and status.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "asr_http_request_duration_seconds",
+            "Time from request start to the last response byte.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.http_in_flight = Gauge(
+            "asr_http_requests_in_flight",
+            "Requests being served now (health and metrics excluded).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.rejected = Counter(
+            "asr_requests_rejected",
+            "Requests refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "asr_queue_depth",
+            "Requests waiting for an inference worker.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.queue_capacity = Gauge(
+            "asr_queue_capacity",
+            "Requests that may wait before 429s begin.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.queue_wait = Histogram(
+            "asr_queue_wait_seconds",
+            "Time a request waited for a worker.",
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.audio_duration = Histogram(
+            "asr_audio_duration_seconds",
+            "Length of the audio transcribed per request.",
+            _LANG_LABELS,
+            buckets=AUDIO_BUCKETS,
+            registry=r,
+        )
+        self.audio_processed = Counter(
+            "asr_audio_processed_seconds",
+            "Seconds of audio transcribed.",
+            _LANG_LABELS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "asr_inference_duration_seconds",
+            "Engine time per request (decode and queue excluded).",
+            _LANG_LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Counter(
+            "asr_inference_seconds",
+            "Engine seconds spent; over audio seconds it is the aggregate RTF.",
+            _LANG_LABELS,
+            registry=r,
+        )
+        self.rtf = Histogram(
+            "asr_realtime_factor",
+            "Engine seconds per audio second, per request (below 1 is faster than real time).",
+            _MODEL_LABELS,
+            buckets=RTF_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "asr_model_info",
+            "The loaded model (value 1).",
+            ["backend", "model", "device", "compute_type"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.model_load_seconds = Gauge(
+            "asr_model_load_seconds",
+            "Time the model took to load and warm up.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.ready = Gauge(
+            "asr_ready",
+            "1 once the model is loaded and warmed up.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.emotions = Counter("asr_emotion", "Segments by SenseVoice emotion.", ["emotion"], registry=r)
+        self.audio_events = Counter("asr_audio_events", "Sound events SenseVoice heard.", ["event"], registry=r)
+        self.gpu_oom = Counter("asr_gpu_oom", "Requests that failed with GPU out-of-memory.", registry=r)
+        self.batch_size = Histogram(
+            "asr_batch_size",
+            "Segments per batched engine call (GPU batching).",
+            _MODEL_LABELS,
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.segment_logprob = Histogram(
+            "asr_segment_avg_logprob",
+            "Average token log-probability per segment.",
+            _MODEL_LABELS,
+            buckets=LOGPROB_BUCKETS,
+            registry=r,
+        )
+        self.segment_no_speech = Histogram(
+            "asr_segment_no_speech_prob",
+            "Engine's probability that a segment holds no speech.",
+            _MODEL_LABELS,
+            buckets=NO_SPEECH_BUCKETS,
+            registry=r,
+        )
+        self.segment_compression = Histogram(
+            "asr_segment_compression_ratio",
+            "gzip compression ratio of segment text (high means repetitive).",
+            _MODEL_LABELS,
+            buckets=COMPRESSION_BUCKETS,
+            registry=r,
+        )
+        self.hallucinations = Counter(
+            "asr_suspected_hallucinations",
+            "Requests the hallucination guard flagged, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.quality_samples = Counter(
+            "asr_quality_samples",
+            "Requests kept for quality review.",
+            ["language", "stratum"],
+            registry=r,
+        )
+        self.quality_word_errors = Counter(
+            "asr_quality_word_errors",
+            "Word errors (S+D+I) in scored samples.",
+            ["language"],
+            registry=r,
+        )
+        self.quality_reference_words = Counter(
+            "asr_quality_reference_words",
+            "Reference words in scored samples.",
+            ["language"],
+            registry=r,
+        )
+        self.quality_char_errors = Counter(
+            "asr_quality_char_errors",
+            "Character errors in scored samples.",
+            ["language"],
+            registry=r,
+        )
+        self.quality_reference_chars = Counter(
+            "asr_quality_reference_chars",
+            "Reference characters in scored samples.",
+            ["language"],
+            registry=r,
+        )
+        self.quality_scored = Counter(
+            "asr_quality_scored_samples",
+            "Samples scored against their reference.",
+            ["language"],
+            registry=r,
+        )
+        self.quality_skipped = Counter(
+            "asr_quality_skipped_samples",
+            "Samples the job could not score, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.quality_pending = Gauge(
+            "asr_quality_pending_samples",
+            "Samples waiting for a reference.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.quality_last_success = Gauge(
+            "asr_quality_job_last_success_timestamp_seconds",
+            "When the scoring job last finished without error.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+
+        for reason in REJECTION_REASONS:
+            self.rejected.labels(reason)
+        for kind in HALLUCINATION_KINDS:
+            self.hallucinations.labels(kind)
+        for reason in SKIP_REASONS:
+            self.quality_skipped.labels(reason)
+        if not self.multiprocess:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+
+    def add_collector(self, collector: Collector) -> None:
+        """Add a collector read at scrape time (e.g. the NVML GPU collector)."""
+        if self.multiprocess:
+            self._extra_collectors.append(collector)
+        else:
+            self.registry.register(collector)
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """Return the exposition (Prometheus text, or OpenMetrics when `accept` asks) and its type."""
+        encoder, content_type = choose_encoder(accept or "")
+        if not self.multiprocess:
+            return encoder(self.registry), content_type
+        return encoder(scrape_registry(self._extra_collectors)), content_type
+
+
+def scrape_registry(extra: Iterable[Collector] = ()) -> CollectorRegistry:
+    """Build the registry for one multiprocess scrape: merged files, summed process metrics."""
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    forget_dead_processes(path)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    registry.register(WorkerProcessCollector(path))
+    for collector in extra:
+        registry.register(collector)
+    return registry
+
+
+_PID_FILE = re.compile(r"_(\d+)\.db$")
+
+
+def worker_pids(path: str) -> list[int]:
+    """Return the pids of live processes that have written metrics in `path`."""
+    pids = {int(m.group(1)) for f in glob.glob(os.path.join(path, "*.db")) if (m := _PID_FILE.search(f))}
+    return sorted(pid for pid in pids if os.path.exists(f"/proc/{pid}"))
+
+
+def forget_dead_processes(path: str) -> None:
+    """Drop the live-gauge files of workers that died without cleaning up.
+
+    uvicorn has no child-exit hook, so a crashed worker's in-flight and queue gauges would
+    otherwise be summed into `livesum` forever.
+    """
+    for f in glob.glob(os.path.join(path, "gauge_live*_*.db")):
+        m = _PID_FILE.search(f)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            multiprocess.mark_process_dead(int(m.group(1)), path)
+
+
+def _constant(pid: int) -> Callable[[], int]:
+    return lambda: pid
+
+
+class WorkerProcessCollector:
+    """process_* metrics summed over the live worker processes (multiprocess mode)."""
+
+    _SUMMED = (
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_cpu_seconds",
+        "process_open_fds",
+    )
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        totals: dict[str, float] = {}
+        docs: dict[str, str] = {}
+        for pid in worker_pids(self._path):
+            for family in ProcessCollector(pid=_constant(pid), registry=None).collect():
+                if family.name not in self._SUMMED:
+                    continue
+                docs[family.name] = family.documentation
+                for sample in family.samples:
+                    totals[family.name] = totals.get(family.name, 0.0) + sample.value
+        for name, value in totals.items():
+            if name == "process_cpu_seconds":
+                from prometheus_client.core import CounterMetricFamily
+
+                yield CounterMetricFamily(name, docs[name] + " (all workers)", value=value)
+            else:
+                yield GaugeMetricFamily(name, docs[name] + " (all workers)", value=value)

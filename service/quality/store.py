@@ -1,0 +1,393 @@
+"""Sample store: kept requests on disk (audio + metadata) with an SQLite index.
+
+Layout under ASR_QUALITY_DIR:
+    index.sqlite3              one row per sample, plus running totals for the counters
+    samples/<id>/audio.wav     16 kHz mono PCM
+    samples/<id>/sample.json   hypothesis, segments, engine and request metadata
+    incoming/                  samples being written
+
+A sample is written in incoming/, renamed into samples/ (atomic on one filesystem), and
+only then indexed, so an indexed sample always has complete files; a crash leaves at most
+an unindexed directory, which the retention sweep removes. Ids are 32 hex digits and are
+checked before any path is built from one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import time
+import uuid
+import wave
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    import numpy.typing as npt
+
+    from service.backends.base import Transcript
+
+ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+STATUSES = ("pending", "referenced", "scored", "skipped")
+_ORPHAN_GRACE_SECONDS = 3600.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    language TEXT NOT NULL,
+    stratum TEXT NOT NULL,
+    duration REAL NOT NULL,
+    backend TEXT NOT NULL,
+    model TEXT NOT NULL,
+    hypothesis TEXT NOT NULL,
+    flags TEXT NOT NULL DEFAULT '',
+    request_id TEXT,
+    status TEXT NOT NULL DEFAULT 'pending',
+    reference TEXT,
+    referenced_at REAL,
+    scored_at REAL,
+    unit TEXT,
+    errors INTEGER,
+    reference_units INTEGER,
+    skip_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS samples_status ON samples(status, created_at);
+CREATE TABLE IF NOT EXISTS totals (
+    name TEXT NOT NULL,
+    language TEXT NOT NULL,
+    stratum TEXT NOT NULL DEFAULT '',
+    value REAL NOT NULL,
+    PRIMARY KEY (name, language, stratum)
+);
+"""
+
+
+class SampleConflictError(Exception):
+    """The sample is already scored; its reference can no longer change."""
+
+
+@dataclass
+class SampleRecord:
+    id: str
+    created_at: float
+    language: str
+    stratum: str
+    duration: float
+    backend: str
+    model: str
+    hypothesis: str
+    flags: list[str]
+    request_id: str | None
+    status: str
+    reference: str | None
+    scored_at: float | None
+    unit: str | None
+    errors: int | None
+    reference_units: int | None
+    skip_reason: str | None
+
+    def summary(self) -> dict[str, Any]:
+        """The fields a review list shows."""
+        return {
+            "id": self.id,
+            "language": self.language,
+            "duration": round(self.duration, 3),
+            "hypothesis": self.hypothesis,
+            "created_at": self.created_at,
+            "status": self.status,
+        }
+
+    def detail(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def valid_id(sample_id: str) -> bool:
+    return bool(ID_PATTERN.match(sample_id))
+
+
+class SampleStore:
+    def __init__(self, root: Path, max_samples: int, retention_days: float) -> None:
+        self.root = root
+        self.max_samples = max_samples
+        self.retention_seconds = retention_days * 86400.0
+        (root / "samples").mkdir(parents=True, exist_ok=True)
+        (root / "incoming").mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        # A connection per operation: callers are threads and several processes; WAL lets
+        # readers and the one writer proceed together.
+        db = sqlite3.connect(self.root / "index.sqlite3", timeout=30.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.row_factory = sqlite3.Row
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def sample_dir(self, sample_id: str) -> Path:
+        if not valid_id(sample_id):
+            raise ValueError("invalid sample id")
+        return self.root / "samples" / sample_id
+
+    # ---- writing ---------------------------------------------------------------------
+
+    def add(
+        self,
+        audio: npt.NDArray[np.float32],
+        sample_rate: int,
+        transcript: Transcript,
+        *,
+        backend: str,
+        model: str,
+        stratum: str,
+        flags: list[str],
+        request_id: str | None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Store one sample atomically and return its id; enforces the count limit."""
+        sample_id = uuid.uuid4().hex
+        created = time.time()
+        work = self.root / "incoming" / sample_id
+        work.mkdir()
+        try:
+            _write_wav(work / "audio.wav", audio, sample_rate)
+            document = {
+                "id": sample_id,
+                "created_at": created,
+                "request_id": request_id,
+                "backend": backend,
+                "model": model,
+                "language": transcript.language,
+                "language_probability": transcript.language_probability,
+                "duration": transcript.duration,
+                "hypothesis": transcript.text,
+                "segments": [asdict(s) for s in transcript.segments],
+                "flags": flags,
+                "stratum": stratum,
+                **(metadata or {}),
+            }
+            with open(work / "sample.json", "w", encoding="utf-8") as fh:
+                json.dump(document, fh, ensure_ascii=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename(work, self.sample_dir(sample_id))
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO samples (id, created_at, language, stratum, duration, backend, model, hypothesis,"
+                " flags, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sample_id,
+                    created,
+                    transcript.language,
+                    stratum,
+                    transcript.duration,
+                    backend,
+                    model,
+                    transcript.text,
+                    ",".join(flags),
+                    request_id,
+                ),
+            )
+            _add_total(db, "samples", transcript.language, 1, stratum)
+        self.enforce_count()
+        return sample_id
+
+    def set_reference(self, sample_id: str, text: str) -> SampleRecord | None:
+        """Attach a person's reference text; returns the record, None if there is no such sample.
+
+        Raises SampleConflictError when the sample was already scored.
+        """
+        with self._db() as db:
+            row = db.execute("SELECT status FROM samples WHERE id = ?", (sample_id,)).fetchone()
+            if row is None:
+                return None
+            if row["status"] in ("scored", "skipped"):
+                raise SampleConflictError(f"sample {sample_id} is already {row['status']}")
+            db.execute(
+                "UPDATE samples SET reference = ?, referenced_at = ?, status = 'referenced' WHERE id = ?",
+                (text, time.time(), sample_id),
+            )
+        return self.get(sample_id)
+
+    def record_score(self, sample_id: str, language: str, unit: str, errors: int, reference_units: int) -> bool:
+        """Mark a sample scored and add its figures to the running totals, in one transaction.
+
+        Returns False (and adds nothing) when the sample is no longer waiting to be scored.
+        """
+        with self._db() as db:
+            updated = db.execute(
+                "UPDATE samples SET status = 'scored', scored_at = ?, unit = ?, errors = ?, reference_units = ?"
+                " WHERE id = ? AND status = 'referenced'",
+                (time.time(), unit, errors, reference_units, sample_id),
+            ).rowcount
+            if not updated:  # deleted or scored meanwhile: count nothing twice
+                return False
+            _add_total(db, f"{unit}_errors", language, errors)
+            _add_total(db, f"reference_{unit}s", language, reference_units)
+            _add_total(db, "scored", language, 1)
+        return True
+
+    def record_skip(self, sample_id: str, reason: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE samples SET status = 'skipped', skip_reason = ? WHERE id = ?", (reason, sample_id))
+
+    def delete(self, sample_id: str) -> bool:
+        """Delete a sample's row and files; returns whether it existed."""
+        with self._db() as db:
+            existed = db.execute("DELETE FROM samples WHERE id = ?", (sample_id,)).rowcount > 0
+        shutil.rmtree(self.sample_dir(sample_id), ignore_errors=True)
+        return existed
+
+    # ---- retention -------------------------------------------------------------------
+
+    def enforce_count(self) -> int:
+        """Delete the oldest samples beyond max_samples; returns how many went."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT id FROM samples ORDER BY created_at DESC LIMIT -1 OFFSET ?", (self.max_samples,)
+            ).fetchall()
+        for row in rows:
+            self.delete(row["id"])
+        return len(rows)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Apply retention by age and by count, and remove orphaned directories."""
+        now = time.time() if now is None else now
+        with self._db() as db:
+            old = db.execute("SELECT id FROM samples WHERE created_at < ?", (now - self.retention_seconds,)).fetchall()
+            known = {row["id"] for row in db.execute("SELECT id FROM samples")}
+        for row in old:
+            self.delete(row["id"])
+        removed = len(old) + self.enforce_count()
+        for folder in ("samples", "incoming"):
+            for path in (self.root / folder).iterdir():
+                stale = now - path.stat().st_mtime > _ORPHAN_GRACE_SECONDS
+                if path.name not in known and stale:
+                    shutil.rmtree(path, ignore_errors=True)
+        return removed
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def get(self, sample_id: str) -> SampleRecord | None:
+        if not valid_id(sample_id):
+            return None
+        with self._db() as db:
+            row = db.execute("SELECT * FROM samples WHERE id = ?", (sample_id,)).fetchone()
+        return _record(row) if row is not None else None
+
+    def page(
+        self, status: str | None = None, language: str | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[SampleRecord], int]:
+        """Return one page of samples (newest first) and the total that match."""
+        where, params = _filters(status, language)
+        with self._db() as db:
+            total = db.execute(f"SELECT COUNT(*) FROM samples{where}", params).fetchone()[0]
+            rows = db.execute(
+                f"SELECT * FROM samples{where} ORDER BY created_at DESC LIMIT ? OFFSET ?", (*params, limit, offset)
+            ).fetchall()
+        return [_record(r) for r in rows], int(total)
+
+    def referenced(self) -> list[SampleRecord]:
+        """Samples with a reference that the job has not scored yet, oldest first."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM samples WHERE status = 'referenced' ORDER BY referenced_at").fetchall()
+        return [_record(r) for r in rows]
+
+    def count(self, status: str) -> int:
+        with self._db() as db:
+            return int(db.execute("SELECT COUNT(*) FROM samples WHERE status = ?", (status,)).fetchone()[0])
+
+    def totals(self) -> list[tuple[str, str, str, float]]:
+        """Running totals (name, language, stratum, value) that outlive deleted samples."""
+        with self._db() as db:
+            return [tuple(r) for r in db.execute("SELECT name, language, stratum, value FROM totals")]
+
+    def load_document(self, sample_id: str) -> dict[str, Any]:
+        """Read a sample's sample.json; raises OSError or ValueError when missing or damaged."""
+        with open(self.sample_dir(sample_id) / "sample.json", encoding="utf-8") as fh:
+            document: dict[str, Any] = json.load(fh)
+        if document.get("id") != sample_id or not isinstance(document.get("hypothesis"), str):
+            raise ValueError("sample.json does not describe this sample")
+        return document
+
+    def audio_path(self, sample_id: str) -> Path:
+        return self.sample_dir(sample_id) / "audio.wav"
+
+
+def check_wav(path: Path) -> float:
+    """Return the duration of a stored sample's audio; raises OSError / wave.Error if damaged."""
+    with wave.open(str(path), "rb") as wav:
+        frames = wav.getnframes()
+        if wav.getnchannels() != 1 or wav.getsampwidth() != 2 or frames == 0:
+            raise wave.Error("not 16-bit mono audio")
+        expected = 44 + frames * 2
+        if path.stat().st_size < expected:
+            raise wave.Error("audio data shorter than its header says")
+        return frames / wav.getframerate()
+
+
+def _write_wav(path: Path, audio: npt.NDArray[np.float32], sample_rate: int) -> None:
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(sample_rate)
+        wav.writeframes(pcm.tobytes())
+
+
+def _add_total(db: sqlite3.Connection, name: str, language: str, value: float, stratum: str = "") -> None:
+    db.execute(
+        "INSERT INTO totals (name, language, stratum, value) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT(name, language, stratum) DO UPDATE SET value = value + excluded.value",
+        (name, language, stratum, value),
+    )
+
+
+def _filters(status: str | None, language: str | None) -> tuple[str, tuple[str, ...]]:
+    clauses, params = [], []
+    if status is not None:
+        clauses.append("status = ?")
+        params.append(status)
+    if language is not None:
+        clauses.append("language = ?")
+        params.append(language)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def _record(row: sqlite3.Row) -> SampleRecord:
+    return SampleRecord(
+        id=row["id"],
+        created_at=row["created_at"],
+        language=row["language"],
+        stratum=row["stratum"],
+        duration=row["duration"],
+        backend=row["backend"],
+        model=row["model"],
+        hypothesis=row["hypothesis"],
+        flags=[f for f in row["flags"].split(",") if f],
+        request_id=row["request_id"],
+        status=row["status"],
+        reference=row["reference"],
+        scored_at=row["scored_at"],
+        unit=row["unit"],
+        errors=row["errors"],
+        reference_units=row["reference_units"],
+        skip_reason=row["skip_reason"],
+    )

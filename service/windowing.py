@@ -1,0 +1,98 @@
+"""Transcribe long audio window by window, so memory stays bounded whatever the length.
+
+Engines compute features for the whole clip they are given (faster-whisper's STFT alone
+takes ~600 MB for an hour), so audio longer than one window is cut at the quietest
+100 ms near each window's end, and each window is transcribed with the language found in
+the first and, where the engine takes one, the previous window's last words as prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from service.backends.base import Backend, Cancelled, Segment, TranscribeOptions, Transcript, Word
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Iterator
+
+    from service.audio import DecodedAudio
+
+_FRAME = 1600  # 100 ms at 16 kHz
+_SEARCH_SECONDS = 10.0  # how far back from a window's end to look for a quiet cut
+_PROMPT_CHARS = 200
+# Languages written without spaces between words: windows are joined without one.
+_NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "yue", "th", "lo", "my", "km", "bo"})
+
+
+def plan_windows(audio: DecodedAudio, window_seconds: float) -> Iterator[tuple[int, int]]:
+    """Yield (start, stop) sample ranges of at most `window_seconds`, cut at quiet points."""
+    rate = audio.sample_rate
+    window = int(window_seconds * rate)
+    search = min(int(_SEARCH_SECONDS * rate), window // 2)
+    start = 0
+    while start < audio.num_samples:
+        stop = start + window
+        if stop >= audio.num_samples:
+            yield start, audio.num_samples
+            return
+        region = audio.read(stop - search, stop)
+        frames = region[: len(region) // _FRAME * _FRAME].reshape(-1, _FRAME)
+        quietest = int(np.argmin(np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))))
+        cut = stop - search + quietest * _FRAME + _FRAME // 2
+        yield start, cut
+        start = cut
+
+
+def transcribe_windowed(
+    backend: Backend,
+    audio: DecodedAudio,
+    options: TranscribeOptions,
+    window_seconds: float,
+    cancel: threading.Event | None = None,
+) -> Transcript:
+    """Transcribe `audio`, in windows when it is longer than `window_seconds`.
+
+    Raises Cancelled when `cancel` is set between windows (or inside the engine).
+    """
+    if audio.duration <= window_seconds:
+        return backend.transcribe(audio.read(), options, cancel)
+    segments: list[Segment] = []
+    texts: list[str] = []
+    first: Transcript | None = None
+    window_options = options
+    for start, stop in plan_windows(audio, window_seconds):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        part = backend.transcribe(audio.read(start, stop), window_options, cancel)
+        if first is None:
+            first = part
+            window_options = replace(options, language=options.language or part.language)
+        offset = start / audio.sample_rate
+        for seg in part.segments:
+            segments.append(_shifted(seg, len(segments), offset))
+        if part.text:
+            texts.append(part.text)
+            if backend.capabilities.prompt and options.initial_prompt is None:
+                window_options = replace(window_options, initial_prompt=part.text[-_PROMPT_CHARS:])
+    assert first is not None
+    joiner = "" if first.language in _NO_SPACE_LANGUAGES else " "
+    return Transcript(
+        text=joiner.join(texts),
+        language=first.language,
+        language_probability=first.language_probability,
+        duration=audio.duration,
+        segments=segments,
+    )
+
+
+def _shifted(seg: Segment, new_id: int, offset: float) -> Segment:
+    words = (
+        [Word(w.start + offset, w.end + offset, w.word, w.probability) for w in seg.words]
+        if seg.words is not None
+        else None
+    )
+    return replace(seg, id=new_id, start=seg.start + offset, end=seg.end + offset, words=words)

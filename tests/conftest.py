@@ -1,0 +1,192 @@
+"""Shared fixtures: speech from known text, settings, in-process apps and real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.app import create_app
+from service.config import (
+    DecodeSettings,
+    LimitSettings,
+    ModelSettings,
+    QualitySettings,
+    SchedulerSettings,
+    ServerSettings,
+    Settings,
+)
+from service.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+# Sentences espeak-ng speaks clearly; the references for WER.
+SENTENCES = {
+    "fox": "The quick brown fox jumps over the lazy dog.",
+    "weather": "The weather today is sunny with a light breeze from the west.",
+    "meeting": "Please send the report to the team before the meeting on Friday.",
+    "numbers": "She bought seven apples and three oranges at the market.",
+}
+CONTAINERS = ("wav", "mp3", "flac", "ogg", "opus", "m4a", "webm")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """espeak-ng speech of SENTENCES as WAV, and each converted by ffmpeg to every container."""
+    out = tmp_path_factory.mktemp("speech")
+    for name, text in SENTENCES.items():
+        wav = out / f"{name}.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "140", "-w", str(wav), text], check=True)
+        for ext in CONTAINERS[1:]:
+            subprocess.run(
+                ["ffmpeg", "-loglevel", "error", "-y", "-i", str(wav), str(out / f"{name}.{ext}")], check=True
+            )
+    return out
+
+
+def make_settings(tmp_path: Path, **groups: dict[str, Any]) -> Settings:
+    """Settings for tests: tiny.en, quality store in tmp_path, sampling off unless asked."""
+    model = {"model": "embedded:tiny.en", "cache_dir": tmp_path / "cache", **groups.pop("model", {})}
+    quality = {"dir": tmp_path / "quality", "sample_rate": 0.0, **groups.pop("quality", {})}
+    return Settings(
+        model=ModelSettings(**model),
+        decode=DecodeSettings(**groups.pop("decode", {})),
+        limits=LimitSettings(**groups.pop("limits", {})),
+        scheduler=SchedulerSettings(**groups.pop("scheduler", {})),
+        server=ServerSettings(**groups.pop("server", {})),
+        quality=QualitySettings(**quality),
+    )
+
+
+@dataclass
+class AppHandle:
+    app: Any
+    client: httpx.AsyncClient
+
+    @property
+    def metrics(self) -> Metrics:
+        metrics: Metrics = self.app.state.metrics
+        return metrics
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """The current value of one sample in this app's registry (0 when absent)."""
+        value = self.metrics.registry.get_sample_value(name, labels or {})
+        return 0.0 if value is None else value
+
+
+@contextlib.asynccontextmanager
+async def running_app(
+    settings: Settings, backend_factory: Any = None, wait_ready: bool = True
+) -> AsyncIterator[AppHandle]:
+    """The app with its lifespan running, and an httpx client over ASGI."""
+    app = create_app(settings, backend_factory=backend_factory, metrics=Metrics())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://asr.test", timeout=120) as client:
+            if wait_ready:
+                for _ in range(600):
+                    if app.state.transcriber.state != "loading":
+                        break
+                    await asyncio.sleep(0.05)
+                assert app.state.transcriber.state == "ready", app.state.transcriber.error
+            yield AppHandle(app, client)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def serve(
+    env: dict[str, str], tmp_path: Path, ready_timeout: float = 120.0, args: tuple[str, ...] = ()
+) -> Iterator[Server]:
+    """Run `python -m service serve` on a free loopback port until the block ends."""
+    port = free_port()
+    log_path = tmp_path / f"server-{port}.log"
+    full_env = {
+        **os.environ,
+        "ASR_MODEL": "embedded:tiny.en",
+        "ASR_CACHE_DIR": str(tmp_path / "cache"),
+        "ASR_QUALITY_DIR": str(tmp_path / "quality"),
+        "ASR_QUALITY_SAMPLE_RATE": "0",
+        **env,
+        "ASR_HOST": "127.0.0.1",
+        "ASR_PORT": str(port),
+    }
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", *args],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+    server = Server(f"http://127.0.0.1:{port}", port, process, log_path)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{server.log()}")
+            try:
+                if httpx.get(server.url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready in {ready_timeout} s:\n{server.log()}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real tiny.en server shared by a test module."""
+    with serve({}, tmp_path_factory.mktemp("tiny-server")) as server:
+        yield server
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    from service.quality.scoring import score
+
+    return score(reference, hypothesis, "en", "basic").rate
+
+
+MakeSettings = Callable[..., Settings]
