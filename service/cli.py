@@ -67,6 +67,8 @@ def _prepare_multiprocess(settings: Settings) -> None:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    from prometheus_client import multiprocess
+
     from service.metrics import Metrics
 
     metrics = Metrics()
@@ -76,6 +78,9 @@ def _prepare_multiprocess(settings: Settings) -> None:
 
         q = settings.quality
         QualityJob(SampleStore(q.dir, q.max_samples, q.retention_days), metrics).restore_counters()
+    # The supervisor serves no requests: its live gauges (ready 0, in-flight 0) must not be
+    # merged with the workers'. Its counter files (the restored totals) stay.
+    multiprocess.mark_process_dead(os.getpid(), str(path))
     if settings.server.metrics_port is not None:
         from service.gpu import GpuCollector
         from service.metrics import worker_pids

@@ -311,7 +311,17 @@ _PID_FILE = re.compile(r"_(\d+)\.db$")
 def worker_pids(path: str) -> list[int]:
     """Return the pids of live processes that have written metrics in `path`."""
     pids = {int(m.group(1)) for f in glob.glob(os.path.join(path, "*.db")) if (m := _PID_FILE.search(f))}
-    return sorted(pid for pid in pids if os.path.exists(f"/proc/{pid}"))
+    return sorted(pid for pid in pids if is_alive(pid))
+
+
+def is_alive(pid: int) -> bool:
+    """Whether `pid` runs: a killed worker stays a zombie (with a /proc entry) until reaped."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
 
 
 def forget_dead_processes(path: str) -> None:
@@ -322,7 +332,7 @@ def forget_dead_processes(path: str) -> None:
     """
     for f in glob.glob(os.path.join(path, "gauge_live*_*.db")):
         m = _PID_FILE.search(f)
-        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+        if m and not is_alive(int(m.group(1))):
             multiprocess.mark_process_dead(int(m.group(1)), path)
 
 

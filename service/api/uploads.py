@@ -55,4 +55,4 @@ async def transcribe_upload(
         language=result.transcript.language,
     )
     sampler = request.app.state.sampler
-    return fields, outcome, BackgroundTask(sampler.offer, outcome, state["request_id"])
+    return fields, outcome, BackgroundTask(sampler.offer, outcome, state.get("request_id"))

@@ -1,0 +1,294 @@
+"""What the metrics cost: requests/s with instrumentation on vs off, and one scrape's time.
+
+The app runs in-process with an engine that answers at once, and requests are driven
+straight through ASGI (no sockets, no client library), so that what is measured is the
+service's own work per request: form parsing, decoding a 1 s WAV, the scheduler, and, when
+on, the middleware and every metric update. On and off runs are interleaved and the median
+taken, so drift in the machine's speed hits both alike.
+
+    python -m bench.overhead
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import statistics
+import threading
+import time
+import wave
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from bench.common import markdown_table, write_report
+from service.app import create_app
+from service.backends.base import Capabilities, Segment, TranscribeOptions, Transcript
+from service.config import ModelSettings, QualitySettings, SchedulerSettings, Settings
+from service.languages import LANGUAGE_NAMES
+from service.metrics import Metrics
+from service.middleware import ObserverMiddleware
+
+REQUESTS = 200
+CONCURRENCY = 4
+ROUNDS = 20
+BOUNDARY = "benchboundary"
+
+
+class InstantBackend:
+    """An engine that returns at once: what remains is the service's own cost."""
+
+    name, model, device, compute_type = "instant", "instant", "cpu", "none"
+    capabilities = Capabilities(languages=frozenset(LANGUAGE_NAMES), translate=True, word_timestamps=True)
+
+    def transcribe(self, audio: Any, options: TranscribeOptions, cancel: threading.Event | None = None) -> Transcript:
+        d = len(audio) / 16_000
+        seg = Segment(0, 0.0, d, "hello", avg_logprob=-0.2, no_speech_prob=0.01, compression_ratio=1.1)
+        return Transcript("hello", "en", 1.0, d, [seg])
+
+    def close(self) -> None:
+        pass
+
+
+class _Null:
+    """Stands in for every metric when instrumentation is off."""
+
+    def labels(self, *args: Any, **kwargs: Any) -> _Null:
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def _body() -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes((np.sin(np.arange(16_000) / 8) * 8000).astype("<i2").tobytes())
+    return (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        f"Content-Type: audio/wav\r\n\r\n".encode()
+        + buf.getvalue()
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+
+
+def _app(instrumented: bool) -> Any:
+    settings = Settings(
+        model=ModelSettings(model="instant"),
+        scheduler=SchedulerSettings(workers=2, queue_size=64),
+        quality=QualitySettings(sample_rate=0.0),
+    )
+    app = create_app(settings, backend_factory=lambda s: InstantBackend(), metrics=Metrics(CollectorRegistry()))
+    if not instrumented:
+        metrics = app.state.metrics
+        for name, value in vars(metrics).items():
+            if hasattr(value, "labels") or hasattr(value, "inc"):
+                setattr(metrics, name, _Null())
+    return app
+
+
+async def _one(app: Any, body: bytes) -> int:
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/transcribe", "raw_path": b"/transcribe", "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode()),
+                    (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    sent = False
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+async def _throughput(app: Any, body: bytes) -> tuple[float, float]:
+    """Requests/s and CPU milliseconds per request (all threads of this process)."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(REQUESTS):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        while not queue.empty():
+            queue.get_nowait()
+            assert await _one(app, body) == 200
+
+    started, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return REQUESTS / (time.perf_counter() - started), (time.process_time() - cpu) / REQUESTS * 1000
+
+
+async def _rates() -> dict[str, dict[str, list[float]]]:
+    body = _body()
+    # "on-again" is an A/A control: identical to "on", so its difference shows the noise floor.
+    apps = {"on": _app(True), "off": _app(False), "on-again": _app(True)}
+    rates: dict[str, dict[str, list[float]]] = {mode: {"rps": [], "cpu_ms": []} for mode in apps}
+    contexts = [app.router.lifespan_context(app) for app in apps.values()]
+    for ctx in contexts:
+        await ctx.__aenter__()
+    try:
+        for app in apps.values():
+            while app.state.transcriber.state == "loading":  # noqa: ASYNC110 - the model loads in a thread
+                await asyncio.sleep(0.01)
+            await _throughput(app, body)  # warm up: imports, first allocations
+        modes = list(apps)
+        for i in range(ROUNDS):
+            # Rotate the order, so no mode always runs on a warmer (or hotter) machine.
+            for mode in modes[i % 3 :] + modes[: i % 3]:
+                rps, cpu_ms = await _throughput(apps[mode], body)
+                rates[mode]["rps"].append(rps)
+                rates[mode]["cpu_ms"].append(cpu_ms)
+    finally:
+        for ctx in contexts:
+            await ctx.__aexit__(None, None, None)
+    return rates
+
+
+def direct_cost(n: int = 20_000) -> dict[str, float]:
+    """Microseconds per request spent in the instrumentation code itself: the middleware
+    (around a no-op app) and the pipeline's metric updates for one typical result."""
+    import logging
+
+    from service.formats import Result
+    from service.pipeline import Transcriber
+
+    metrics = Metrics(CollectorRegistry())
+
+    async def noop(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def send(message: Any) -> None:
+        pass
+
+    null_metrics = Metrics(CollectorRegistry())
+    for name, value in vars(null_metrics).items():
+        if hasattr(value, "labels") or hasattr(value, "inc"):
+            setattr(null_metrics, name, _Null())
+    logging.getLogger("service.access").disabled = True  # the log line is in both; time the metrics
+    scope = {"type": "http", "method": "POST", "path": "/transcribe", "headers": []}
+
+    async def loop(app: Any) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            await app(dict(scope), None, send)
+        return (time.perf_counter() - started) / n * 1e6
+
+    middleware_us = asyncio.run(loop(ObserverMiddleware(noop, metrics))) - asyncio.run(
+        loop(ObserverMiddleware(noop, null_metrics))
+    )
+    logging.getLogger("service.access").disabled = False
+    transcriber = Transcriber(Settings(), metrics, None)  # type: ignore[arg-type]
+    backend = InstantBackend()
+    transcriber.backend = backend  # type: ignore[assignment]
+    result = Result(
+        backend.transcribe(np.zeros(16_000 * 5, np.float32), TranscribeOptions()), "instant", "instant", 0.5
+    )
+    started = time.perf_counter()
+    for _ in range(n):
+        transcriber._observe(backend, result, [])  # type: ignore[arg-type]
+    pipeline_us = (time.perf_counter() - started) / n * 1e6
+    return {"middleware_us": middleware_us, "pipeline_us": pipeline_us, "total_us": middleware_us + pipeline_us}
+
+
+def scrape_cost(target_series: int = 1000, scrapes: int = 50) -> dict[str, float]:
+    """Time one /metrics render with at least `target_series` series in the registry."""
+    metrics = Metrics(CollectorRegistry())
+    languages = sorted(LANGUAGE_NAMES)
+    i = 0
+    while True:
+        lang = languages[i % len(languages)]
+        model = f"model-{i // len(languages)}"
+        metrics.audio_processed.labels("faster-whisper", model, lang).inc(3)
+        metrics.inference_seconds.labels("faster-whisper", model, lang).inc(1)
+        metrics.audio_duration.labels("faster-whisper", model, lang).observe(3)
+        i += 1
+        body, _ = metrics.render(None)
+        series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
+        if series >= target_series:
+            break
+    times = []
+    for _ in range(scrapes):
+        started = time.perf_counter()
+        metrics.render(None)
+        times.append(time.perf_counter() - started)
+    return {
+        "series": series,
+        "bytes": len(body),
+        "median_ms": statistics.median(times) * 1000,
+        "p95_ms": sorted(times)[int(0.95 * len(times)) - 1] * 1000,
+    }
+
+
+def main() -> None:
+    rates = asyncio.run(_rates())
+    med = {mode: {k: statistics.median(v) for k, v in r.items()} for mode, r in rates.items()}
+    # Noise from neighbours only ever adds time: each mode's least-disturbed round is the
+    # estimate of its own cost (as timeit takes the minimum).
+    best = {mode: {"rps": max(r["rps"]), "cpu_ms": min(r["cpu_ms"])} for mode, r in rates.items()}
+    throughput_cost = (best["off"]["rps"] - best["on"]["rps"]) / best["off"]["rps"]
+    cpu_cost = (best["on"]["cpu_ms"] - best["off"]["cpu_ms"]) / best["off"]["cpu_ms"]
+    noise = abs(best["on-again"]["cpu_ms"] - best["on"]["cpu_ms"]) / best["on"]["cpu_ms"]
+    scrape = scrape_cost()
+    direct = direct_cost()
+    direct_ratio = direct["total_us"] / 1000 / best["on"]["cpu_ms"]
+    rows = [
+        {
+            "instrumentation": mode,
+            "best req/s": best[mode]["rps"],
+            "best CPU ms/request": best[mode]["cpu_ms"],
+            "median req/s": med[mode]["rps"],
+            "median CPU ms/request": med[mode]["cpu_ms"],
+        }
+        for mode in ("off", "on", "on-again")
+    ]
+    md = (
+        "# Metrics overhead\n"
+        f"{REQUESTS} requests (1 s WAV, instant engine) x {ROUNDS} rounds in rotating order, concurrency "
+        f"{CONCURRENCY}, driven through ASGI in-process. `off` turns every metric into a no-op; both keep "
+        "the middleware's request id and access log line.\n\n"
+        + markdown_table(
+            rows, ["instrumentation", "best req/s", "best CPU ms/request", "median req/s", "median CPU ms/request"]
+        )
+        + f"\n**Overhead (best rounds): {cpu_cost * 100:.2f}% of CPU per request, {throughput_cost * 100:.2f}% "
+        f"of throughput** (goal: under 2%), against an A/A noise floor of {noise * 100:.2f}% (two identical "
+        "instrumented apps). On a shared 2-core VM the rounds vary by about 10%, more than the effect, so the "
+        "end-to-end figures carry that noise; timed directly, the instrumentation code costs "
+        f"{direct['middleware_us']:.1f} µs in the middleware's metric updates and "
+        f"{direct['pipeline_us']:.1f} µs in the pipeline's metric updates per request: "
+        f"**{direct_ratio * 100:.2f}%** of the {best['on']['cpu_ms']:.2f} ms of CPU a request takes here.\n\n"
+        f"One scrape of {scrape['series']:.0f} series ({scrape['bytes'] / 1024:.0f} KiB): median "
+        f"{scrape['median_ms']:.2f} ms, p95 {scrape['p95_ms']:.2f} ms.\n"
+    )
+    data = {
+        "rates": rates,
+        "throughput_overhead_ratio": throughput_cost,
+        "cpu_overhead_ratio": cpu_cost,
+        "aa_noise_ratio": noise,
+        "direct_cost": direct,
+        "direct_overhead_ratio": direct_ratio,
+        "scrape": scrape,
+    }
+    path = write_report("overhead", data, md)
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
