@@ -65,7 +65,7 @@ def create_app(
     transcriber = Transcriber(settings, metrics, scheduler, backend_factory)
     quality = settings.quality
     store = SampleStore(quality.dir, quality.max_samples, quality.retention_days) if quality.sample_rate > 0 else None
-    job = QualityJob(store, metrics, quality.normalizer, transcriber.metric_language) if store else None
+    job = QualityJob(store, metrics, quality.normalizer) if store else None
     if restore_counters is None:
         restore_counters = not metrics.multiprocess
 
@@ -102,7 +102,7 @@ def create_app(
     app.state.transcriber = transcriber
     app.state.store = store
     app.state.quality_job = job
-    app.state.sampler = Sampler(quality, store, metrics, transcriber.metric_language)
+    app.state.sampler = Sampler(quality, store, metrics)
 
     upload_limit = settings.limits.max_upload_bytes + FORM_OVERHEAD_BYTES
     app.include_router(health.router)

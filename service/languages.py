@@ -121,5 +121,10 @@ def normalize_language(value: str | None) -> str | None:
     return _BY_NAME.get(text, text)
 
 
+def language_label(code: str) -> str:
+    """A metric label value for a language: a known code, else `other` (keeps series bounded)."""
+    return code if code in LANGUAGE_NAMES else "other"
+
+
 def language_name(code: str) -> str:
     return LANGUAGE_NAMES.get(code, code)

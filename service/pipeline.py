@@ -29,6 +29,7 @@ from service.errors import (
 )
 from service.formats import Result
 from service.gpu import is_out_of_memory
+from service.languages import language_label
 from service.quality import hallucination
 from service.windowing import transcribe_windowed
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BackendFactory = Callable[["Settings"], Backend]
-_OTHER_LANGUAGE = "other"
 
 
 @dataclass(frozen=True)
@@ -196,14 +196,9 @@ class Transcriber:
         log.exception("engine failed")
         return BackendError(f"the engine failed: {type(exc).__name__}")
 
-    def metric_language(self, language: str) -> str:
-        """A language label value: one the engine knows, else `other` (keeps series bounded)."""
-        backend = self.backend
-        return language if backend is not None and language in backend.capabilities.languages else _OTHER_LANGUAGE
-
     def _observe(self, backend: Backend, result: Result, flags: list[str]) -> None:
         m, t = self.metrics, result.transcript
-        labels = (backend.name, backend.model, self.metric_language(t.language))
+        labels = (backend.name, backend.model, language_label(t.language))
         m.audio_duration.labels(*labels).observe(t.duration)
         m.audio_processed.labels(*labels).inc(t.duration)
         m.inference_duration.labels(*labels).observe(result.processing_seconds)

@@ -23,11 +23,12 @@ import wave
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from service.languages import language_label
 from service.quality.scoring import score
 from service.quality.store import check_wav
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from service.metrics import Metrics
     from service.quality.store import SampleStore
@@ -50,12 +51,10 @@ class QualityJob:
         store: SampleStore,
         metrics: Metrics,
         normalizer: str = "auto",
-        language_label: Callable[[str], str] | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.normalizer = normalizer
-        self._label = language_label or (lambda lang: lang)
         self._thread_lock = threading.Lock()
 
     def restore_counters(self) -> None:
@@ -70,9 +69,9 @@ class QualityJob:
         }
         for name, language, stratum, value in self.store.totals():
             if name == "samples":
-                m.quality_samples.labels(self._label(language), stratum).inc(value)
+                m.quality_samples.labels(language_label(language), stratum).inc(value)
             elif name in counters:
-                counters[name].labels(self._label(language)).inc(value)
+                counters[name].labels(language_label(language)).inc(value)
         m.quality_pending.set(self.store.count("pending"))
 
     @contextlib.contextmanager
@@ -133,7 +132,7 @@ class QualityJob:
         return None
 
     def _count(self, language: str, unit: str, errors: int, reference_units: int) -> None:
-        m, label = self.metrics, self._label(language)
+        m, label = self.metrics, language_label(language)
         if unit == "char":
             m.quality_char_errors.labels(label).inc(errors)
             m.quality_reference_chars.labels(label).inc(reference_units)

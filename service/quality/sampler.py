@@ -18,9 +18,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from service.languages import language_label
 
+if TYPE_CHECKING:
     from service.config import QualitySettings
     from service.metrics import Metrics
     from service.pipeline import Outcome
@@ -58,13 +58,11 @@ class Sampler:
         settings: QualitySettings,
         store: SampleStore | None,
         metrics: Metrics,
-        language_label: Callable[[str], str] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
-        self._label = language_label or (lambda lang: lang)
         self._rng = rng or random.Random()
         self._counter = StratumCounter()
 
@@ -99,7 +97,7 @@ class Sampler:
                 request_id=request_id,
                 metadata={"container": outcome.audio.info.container, "codec": outcome.audio.info.codec},
             )
-            self.metrics.quality_samples.labels(self._label(t.language), stratum).inc()
+            self.metrics.quality_samples.labels(language_label(t.language), stratum).inc()
             return sample_id
         except Exception:
             log.exception("could not store a quality sample")
