@@ -93,12 +93,22 @@ def _app(instrumented: bool) -> Any:
 
 async def _one(app: Any, body: bytes) -> int:
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/transcribe", "raw_path": b"/transcribe", "query_string": b"", "root_path": "",
-        "headers": [(b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode()),
-                    (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-    }  # fmt: skip
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/transcribe",
+        "raw_path": b"/transcribe",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode()),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
     sent = False
     status = 0
 

@@ -67,6 +67,7 @@ def _segment_json(seg: Segment, verbose: bool) -> dict[str, Any]:
     if seg.emotion is not None or seg.events:
         out["emotion"] = seg.emotion
         out["events"] = seg.events
+        out["language"] = seg.language
     if verbose:
         out.update(
             avg_logprob=seg.avg_logprob,

@@ -109,6 +109,14 @@ _BY_NAME = {name: code for code, name in LANGUAGE_NAMES.items()}
 
 # Scored by characters, not words: written without spaces between words.
 CHARACTER_SCORED = frozenset({"zh", "yue", "ja", "ko"})
+# Written without spaces between words: pieces of text are joined without one.
+NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "yue", "th", "lo", "my", "km", "bo"})
+
+
+def join_texts(texts: list[str], language: str) -> str:
+    """Join pieces of transcript the way the language is written."""
+    joiner = "" if language in NO_SPACE_LANGUAGES else " "
+    return joiner.join(t for t in texts if t)
 
 
 def normalize_language(value: str | None) -> str | None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service.backends.base import Backend, Cancelled, Segment, TranscribeOptions, Transcript, Word
+from service.languages import join_texts
 
 if TYPE_CHECKING:
     import threading
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
 _FRAME = 1600  # 100 ms at 16 kHz
 _SEARCH_SECONDS = 10.0  # how far back from a window's end to look for a quiet cut
 _PROMPT_CHARS = 200
-# Languages written without spaces between words: windows are joined without one.
-_NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "yue", "th", "lo", "my", "km", "bo"})
 
 
 def plan_windows(audio: DecodedAudio, window_seconds: float) -> Iterator[tuple[int, int]]:
@@ -79,9 +78,8 @@ def transcribe_windowed(
             if backend.capabilities.prompt and options.initial_prompt is None:
                 window_options = replace(window_options, initial_prompt=part.text[-_PROMPT_CHARS:])
     assert first is not None
-    joiner = "" if first.language in _NO_SPACE_LANGUAGES else " "
     return Transcript(
-        text=joiner.join(texts),
+        text=join_texts(texts, first.language),
         language=first.language,
         language_probability=first.language_probability,
         duration=audio.duration,

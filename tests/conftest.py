@@ -158,8 +158,11 @@ def serve(
             if process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{server.log()}")
             try:
-                if httpx.get(server.url + "/readyz", timeout=1).status_code == 200:
+                ready = httpx.get(server.url + "/readyz", timeout=1)
+                if ready.status_code == 200:
                     break
+                if ready.json().get("status") == "failed":
+                    raise RuntimeError(f"model failed to load:\n{server.log()}")
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:

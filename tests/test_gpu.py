@@ -76,12 +76,25 @@ class _Process:
 def fake_pynvml(own_pid: int) -> types.ModuleType:
     """Two GPUs; GPU 1 cannot report power (as on some boards)."""
     gpus: list[dict[str, Any]] = [
-        {"name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-aaaa", "mem": _Memory(30 * 2**30, 80 * 2**30, 50 * 2**30),
-         "util": _Util(87, 40), "temp": 61, "power": 312_500,
-         "procs": [_Process(own_pid, 12 * 2**30), _Process(999_999, 8 * 2**30), _Process(own_pid + 1, None)]},
-        {"name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-bbbb", "mem": _Memory(2**30, 80 * 2**30, 79 * 2**30),
-         "util": _Util(0, 0), "temp": 35, "power": None, "procs": []},
-    ]  # fmt: skip
+        {
+            "name": "NVIDIA H100 80GB HBM3",
+            "uuid": "GPU-aaaa",
+            "mem": _Memory(30 * 2**30, 80 * 2**30, 50 * 2**30),
+            "util": _Util(87, 40),
+            "temp": 61,
+            "power": 312_500,
+            "procs": [_Process(own_pid, 12 * 2**30), _Process(999_999, 8 * 2**30), _Process(own_pid + 1, None)],
+        },
+        {
+            "name": "NVIDIA H100 80GB HBM3",
+            "uuid": "GPU-bbbb",
+            "mem": _Memory(2**30, 80 * 2**30, 79 * 2**30),
+            "util": _Util(0, 0),
+            "temp": 35,
+            "power": None,
+            "procs": [],
+        },
+    ]
     m = types.ModuleType("pynvml")
     m.NVMLError = FakeNVMLError  # type: ignore[attr-defined]
     m.NVML_TEMPERATURE_GPU = 0  # type: ignore[attr-defined]

@@ -19,13 +19,26 @@ from tests.fakes import FakeBackend, factory
 pytestmark = pytest.mark.anyio
 
 CATALOGUE = [
-    "asr_http_requests_total", "asr_http_request_duration_seconds", "asr_http_requests_in_flight",
-    "asr_requests_rejected_total", "asr_queue_depth", "asr_queue_capacity", "asr_queue_wait_seconds",
-    "asr_audio_duration_seconds", "asr_audio_processed_seconds_total", "asr_inference_duration_seconds",
-    "asr_inference_seconds_total", "asr_realtime_factor", "asr_model_info", "asr_model_load_seconds",
-    "asr_gpu_available", "asr_segment_avg_logprob", "asr_segment_no_speech_prob", "asr_segment_compression_ratio",
+    "asr_http_requests_total",
+    "asr_http_request_duration_seconds",
+    "asr_http_requests_in_flight",
+    "asr_requests_rejected_total",
+    "asr_queue_depth",
+    "asr_queue_capacity",
+    "asr_queue_wait_seconds",
+    "asr_audio_duration_seconds",
+    "asr_audio_processed_seconds_total",
+    "asr_inference_duration_seconds",
+    "asr_inference_seconds_total",
+    "asr_realtime_factor",
+    "asr_model_info",
+    "asr_model_load_seconds",
+    "asr_gpu_available",
+    "asr_segment_avg_logprob",
+    "asr_segment_no_speech_prob",
+    "asr_segment_compression_ratio",
     "asr_suspected_hallucinations_total",
-]  # fmt: skip
+]
 
 
 def _series(text: str) -> set[tuple[str, tuple[tuple[str, str], ...]]]:

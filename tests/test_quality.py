@@ -97,8 +97,9 @@ def _which_sentence(hypothesis: str) -> str:
 async def test_chinese_samples_are_scored_by_characters(tmp_path: Path, speech_dir: Path) -> None:
     backend = FakeBackend(text="今天天汽很好", language="zh")
     async with running_app(_quality_settings(tmp_path), factory(backend)) as h:  # type: ignore[arg-type]
-        r = await h.client.post("/transcribe", files={"file": ("a.wav", (speech_dir / "fox.wav").read_bytes())},
-                                data={"language": "zh"})  # fmt: skip
+        r = await h.client.post(
+            "/transcribe", files={"file": ("a.wav", (speech_dir / "fox.wav").read_bytes())}, data={"language": "zh"}
+        )
         assert r.status_code == 200
         [item] = await _wait_samples(h, 1)
         await h.client.put(f"/v1/samples/{item['id']}/reference", json={"text": "今天天气很好。"}, headers=ADMIN)
@@ -209,16 +210,29 @@ def test_cli_export_import_and_evaluate(tmp_path: Path, speech_dir: Path) -> Non
     from service.backends.base import Segment, Transcript
 
     ids = [
-        store.add(np.zeros(8000, np.float32), 16_000, Transcript(t, "en", 1, 0.5, [Segment(0, 0, 0.5, t)]),
-                  backend="b", model="m", stratum="short", flags=[], request_id=None)
+        store.add(
+            np.zeros(8000, np.float32),
+            16_000,
+            Transcript(t, "en", 1, 0.5, [Segment(0, 0, 0.5, t)]),
+            backend="b",
+            model="m",
+            stratum="short",
+            flags=[],
+            request_id=None,
+        )
         for t in ("first hypothesis", "second hypothesis", "third hypothesis")
-    ]  # fmt: skip
-    env = {"ASR_QUALITY_DIR": str(quality_dir), "ASR_MODEL": "embedded:tiny.en", "ASR_CACHE_DIR": str(tmp_path),
-           "PATH": "/usr/bin:/bin"}  # fmt: skip
+    ]
+    env = {
+        "ASR_QUALITY_DIR": str(quality_dir),
+        "ASR_MODEL": "embedded:tiny.en",
+        "ASR_CACHE_DIR": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+    }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "service", *args], env=env, cwd=ROOT, capture_output=True,
-                              text=True, timeout=300)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "service", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
 
     out = tmp_path / "review"
     assert cli("samples", "export", str(out)).returncode == 0

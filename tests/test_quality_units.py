@@ -102,8 +102,13 @@ def test_sampling_off_keeps_nothing() -> None:
 
 def test_duration_buckets() -> None:
     assert [duration_bucket(s) for s in (1, 9.99, 10, 59, 60, 3000)] == [
-        "short", "short", "medium", "medium", "long", "long",
-    ]  # fmt: skip
+        "short",
+        "short",
+        "medium",
+        "medium",
+        "long",
+        "long",
+    ]
 
 
 def _transcript(text: str = "hello world", language: str = "en", duration: float = 1.0) -> Transcript:
@@ -112,8 +117,9 @@ def _transcript(text: str = "hello world", language: str = "en", duration: float
 
 def _add(store: SampleStore, text: str = "hello world", language: str = "en") -> str:
     audio = np.zeros(16_000, np.float32)
-    return store.add(audio, 16_000, _transcript(text, language), backend="b", model="m", stratum="short",
-                     flags=[], request_id="r")  # fmt: skip
+    return store.add(
+        audio, 16_000, _transcript(text, language), backend="b", model="m", stratum="short", flags=[], request_id="r"
+    )
 
 
 def test_retention_by_count_removes_the_oldest(tmp_path: Path) -> None:
@@ -163,3 +169,10 @@ def test_guard_flags_text_over_silence_and_phantom_phrases() -> None:
     assert hallucination.inspect(_transcript("Thank you for watching!", duration=5), silence) == ["phantom_phrase"]
     speech = _audio(np.random.default_rng(0).normal(0, 0.1, 16_000 * 5))
     assert hallucination.inspect(_transcript("Thank you for watching!", duration=5), speech) == []
+
+
+def test_guard_counts_characters_in_chinese_and_japanese() -> None:
+    speech = _audio(np.random.default_rng(0).normal(0, 0.1, 16_000 * 5))
+    assert hallucination.inspect(_transcript("去" * 40, duration=5), speech) == ["repetition"]
+    assert hallucination.inspect(_transcript("谢谢观看" * 5, duration=5), speech) == ["repetition"]
+    assert hallucination.inspect(_transcript("今天天气很好，我们去公园散步吧。", duration=5), speech) == []

@@ -69,9 +69,11 @@ class Segment:
     compression_ratio: float | None = None
     temperature: float | None = None
     tokens: list[int] = field(default_factory=list)
-    # SenseVoice's rich output: one emotion and the sound events heard in the segment.
+    # SenseVoice's rich output: one emotion and the sound events heard in the segment, and the
+    # segment's own language (SenseVoice tags each stretch; speakers may switch languages).
     emotion: str | None = None
     events: list[str] = field(default_factory=list)
+    language: str | None = None
 
 
 @dataclass

@@ -50,7 +50,9 @@ PHANTOM_PHRASES = frozenset(
     }
 )
 _PUNCT = re.compile(r"[^\w\s]+")
-_WORD = re.compile(r"\w+")
+# Chinese and Japanese are written without spaces: each character counts as a unit there.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
 
 
 def _plain(text: str) -> str:
@@ -67,7 +69,8 @@ def segment_dbfs(audio: DecodedAudio, start: float, end: float) -> float:
 
 
 def has_repetition(text: str) -> bool:
-    """Whether one n-gram repeats back to back: 6+ times for single words, 4+ times otherwise."""
+    """Whether one n-gram of units (words; characters in Chinese and Japanese) repeats back to
+    back: 6+ times for single units, 4+ times otherwise."""
     words = _WORD.findall(text.lower())
     for n in range(1, 11):
         needed = 6 if n == 1 else 4
