@@ -74,6 +74,7 @@ def create_app(
         await scheduler.start()
         tasks = [asyncio.create_task(asyncio.to_thread(transcriber.load), name="model-load")]
         if job is not None:
+            metrics.quality_enabled.set(1)
             if restore_counters:
                 await asyncio.to_thread(job.restore_counters)
             tasks.append(asyncio.create_task(job.run_forever(quality.interval_seconds), name="quality-job"))

@@ -254,6 +254,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.quality_enabled = Gauge(
+            "asr_quality_enabled",
+            "1 when the quality loop (sampling and scoring) is on.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.quality_pending = Gauge(
             "asr_quality_pending_samples",
             "Samples waiting for a reference.",
