@@ -207,13 +207,13 @@ def direct_cost(n: int = 20_000) -> dict[str, float]:
     logging.getLogger("service.access").disabled = False
     transcriber = Transcriber(Settings(), metrics, None)  # type: ignore[arg-type]
     backend = InstantBackend()
-    transcriber.backend = backend  # type: ignore[assignment]
+    transcriber.backend = backend
     result = Result(
         backend.transcribe(np.zeros(16_000 * 5, np.float32), TranscribeOptions()), "instant", "instant", 0.5
     )
     started = time.perf_counter()
     for _ in range(n):
-        transcriber._observe(backend, result, [])  # type: ignore[arg-type]
+        transcriber._observe(backend, result, [])
     pipeline_us = (time.perf_counter() - started) / n * 1e6
     return {"middleware_us": middleware_us, "pipeline_us": pipeline_us, "total_us": middleware_us + pipeline_us}
 

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,7 +64,8 @@ def _prepare_multiprocess(settings: Settings) -> None:
     The supervising process restores the quality counters once; workers never do (a
     restarted worker's predecessor still has its counter files).
     """
-    path = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.model.cache_dir / "metrics-multiproc")
+    default = Path(tempfile.gettempdir()) / f"asr-metrics-{os.getuid()}-{settings.server.port}"
+    path = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or default)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)

@@ -172,13 +172,13 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    model: ModelSettings = Field(default_factory=ModelSettings)  # type: ignore[arg-type]
-    decode: DecodeSettings = Field(default_factory=DecodeSettings)  # type: ignore[arg-type]
-    limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
-    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)  # type: ignore[arg-type]
-    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
-    quality: QualitySettings = Field(default_factory=QualitySettings)  # type: ignore[arg-type]
-    sensevoice: SenseVoiceSettings = Field(default_factory=SenseVoiceSettings)  # type: ignore[arg-type]
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    decode: DecodeSettings = Field(default_factory=DecodeSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+    sensevoice: SenseVoiceSettings = Field(default_factory=SenseVoiceSettings)
 
 
 def iter_env_vars(settings_cls: type[BaseModel] = Settings) -> Iterator[tuple[str, Any, str]]:

@@ -127,10 +127,14 @@ class Server:
 
 @contextlib.contextmanager
 def serve(
-    env: dict[str, str], tmp_path: Path, ready_timeout: float = 120.0, args: tuple[str, ...] = ()
+    env: dict[str, str],
+    tmp_path: Path,
+    ready_timeout: float = 120.0,
+    args: tuple[str, ...] = (),
+    port: int | None = None,
 ) -> Iterator[Server]:
-    """Run `python -m service serve` on a free loopback port until the block ends."""
-    port = free_port()
+    """Run `python -m service serve` on a loopback port (a free one by default) until the block ends."""
+    port = port or free_port()
     log_path = tmp_path / f"server-{port}.log"
     full_env = {
         **os.environ,
