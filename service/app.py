@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from service.api import health, openai, samples, transcribe
 from service.api.common import FORM_OVERHEAD_BYTES, describe_validation_error
+from service.backends import worker_count
 from service.config import Settings
 from service.errors import ServiceError
 from service.gpu import GpuCollector
@@ -61,7 +62,7 @@ def create_app(
     configure_logging(settings.server)
     metrics = metrics or Metrics()
     metrics.add_collector(GpuCollector(_own_pids(metrics)))
-    scheduler = Scheduler(settings.scheduler.workers, settings.scheduler.queue_size, metrics)
+    scheduler = Scheduler(worker_count(settings), settings.scheduler.queue_size, metrics)
     transcriber = Transcriber(settings, metrics, scheduler, backend_factory)
     quality = settings.quality
     store = SampleStore(quality.dir, quality.max_samples, quality.retention_days) if quality.sample_rate > 0 else None

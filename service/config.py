@@ -42,7 +42,10 @@ class ModelSettings(BaseSettings):
         "auto", description="CTranslate2 compute type; `auto` is int8 on CPU and float16 on CUDA."
     )
     cpu_threads: int = Field(
-        0, ge=0, description="CPU threads per inference worker; 0 divides the host's cores among the workers."
+        0,
+        ge=0,
+        description="CPU threads per inference worker; 0 divides the host's cores among the workers "
+        "(1 each with the default worker count).",
     )
     cache_dir: Path = Field(
         DEFAULT_CACHE_DIR, description="Where the embedded model is assembled and hub models are cached."
@@ -64,9 +67,10 @@ class DecodeSettings(BaseSettings):
         False, description="Whether requests that do not say otherwise drop silence with Silero VAD."
     )
     long_audio_window_seconds: float = Field(
-        600.0,
+        300.0,
         ge=10.0,
-        description="Audio longer than this is transcribed in windows cut at quiet points, so memory stays bounded.",
+        description="Audio longer than this is transcribed in windows cut at quiet points, so memory stays bounded "
+        "(peak memory grows with the window, not with the file).",
     )
     batch_size: int = Field(8, ge=1, le=64, description="Segments per batch when batching on CUDA.")
     batching: Literal["auto", "on", "off"] = Field(
@@ -94,7 +98,13 @@ class SchedulerSettings(BaseSettings):
 
     model_config = _config("ASR_")
 
-    workers: int = Field(1, ge=1, le=64, description="Inference workers (concurrent transcriptions) per process.")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Inference workers (concurrent transcriptions) per process; 0: one per CPU core "
+        "(shared among ASR_PROCESSES), or 1 on a GPU, which batches instead.",
+    )
     queue_size: int = Field(16, ge=0, le=10_000, description="Requests that may wait for a worker (429 beyond).")
 
 

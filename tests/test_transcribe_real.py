@@ -119,3 +119,20 @@ async def test_default_embedded_base_model(tmp_path: Path, speech_dir: Path) -> 
         )
         assert r.status_code == 200
     assert errors / words <= BASE_CORPUS_WER
+
+
+async def test_batched_pipeline_reports_its_batch_sizes(tmp_path: Path, long_wav: Path) -> None:
+    """faster-whisper's batched pipeline (on by default on CUDA) forced on here, on the CPU."""
+    settings = make_settings(tmp_path, decode={"batching": "on", "batch_size": 4})
+    async with running_app(settings) as h:
+        r = await h.client.post(
+            "/transcribe", files={"file": ("long.wav", long_wav.read_bytes())}, data={"language": "en"}
+        )
+        labels = {"backend": "faster-whisper", "model": "whisper-tiny.en"}
+        batches = h.sample("asr_batch_size_count", labels)
+        segments = h.sample("asr_batch_size_sum", labels)
+    body = r.json()
+    reference = " ".join(SENTENCES[name] for name in LONG_PARTS)
+    assert score(reference, body["text"], "en", "basic").rate <= TINY_FILE_WER
+    # ~33 s of speech in VAD chunks of at most 30 s: at least two chunks, in batches of <= 4.
+    assert batches >= 1 and segments >= 2 and segments / batches <= 4

@@ -10,7 +10,7 @@ import ctranslate2
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-from service.backends import model_label
+from service.backends import model_label, worker_count
 from service.backends.base import (
     Cancelled,
     Capabilities,
@@ -24,6 +24,7 @@ from service.errors import ModelLoadError
 
 if TYPE_CHECKING:
     import threading
+    from collections.abc import Callable
 
     import numpy as np
     import numpy.typing as npt
@@ -47,6 +48,17 @@ def resolve_compute_type(requested: str, device: str) -> str:
     return "float16" if device == "cuda" else "int8"
 
 
+class ObservedBatchedPipeline(BatchedInferencePipeline):
+    """faster-whisper's batched pipeline, reporting how many segments each engine call held."""
+
+    observer: Callable[[int], None] | None = None
+
+    def forward(self, features: Any, tokenizer: Any, chunks_metadata: Any, options: Any) -> Any:
+        if self.observer is not None:
+            self.observer(len(features))
+        return super().forward(features, tokenizer, chunks_metadata, options)
+
+
 def default_cpu_threads(workers: int) -> int:
     """Share the host's cores among the inference workers, so they don't fight over them."""
     return max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -67,7 +79,7 @@ class FasterWhisperBackend:
         self.compute_type = resolve_compute_type(ms.compute_type, self.device)
         self.model = model_label(settings)
         self._decode = settings.decode
-        workers = settings.scheduler.workers
+        workers = worker_count(settings)
         path = self._model_path(settings)
         log.info("loading %s from %s on %s (%s)", self.model, path, self.device, self.compute_type)
         try:
@@ -84,7 +96,7 @@ class FasterWhisperBackend:
             raise ModelLoadError(f"cannot load faster-whisper model {ms.model!r}: {exc}") from exc
         batching = self._decode.batching
         use_batching = batching == "on" or (batching == "auto" and self.device == "cuda")
-        self._batched = BatchedInferencePipeline(self._whisper) if use_batching else None
+        self._batched = ObservedBatchedPipeline(self._whisper) if use_batching else None
         multilingual = self._whisper.model.is_multilingual
         self.capabilities = Capabilities(
             languages=frozenset(_LANGUAGE_CODES) if multilingual else frozenset({"en"}),
@@ -100,10 +112,10 @@ class FasterWhisperBackend:
             return str(embedded_model_path(name, settings.model.cache_dir))
         return name  # a directory, a size such as large-v3, or a hub id: WhisperModel resolves it
 
-    @property
-    def batch_size(self) -> int | None:
-        """Segments per batch when batching, else None."""
-        return self._decode.batch_size if self._batched is not None else None
+    def set_batch_observer(self, observe: Callable[[int], None]) -> None:
+        """Call `observe(segments)` for every batched engine call (asr_batch_size)."""
+        if self._batched is not None:
+            self._batched.observer = observe
 
     def transcribe(
         self,
