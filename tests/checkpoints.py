@@ -62,6 +62,16 @@ def _cmvn(path: Path, dim: int) -> None:
     )
 
 
+def _write_funasr_layout(out: Path, config: dict[str, Any], task: str, metas: dict[str, Any]) -> None:
+    """config.yaml and configuration.json as ModelScope ships FunASR models (model.pt beside them)."""
+    import yaml
+
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    file_path_metas = {"init_param": "model.pt", "config": "config.yaml", **metas}
+    document = {"framework": "pytorch", "task": task, "model": {"type": "funasr"}, "file_path_metas": file_path_metas}
+    (out / "configuration.json").write_text(json.dumps(document))
+
+
 def _sentencepiece(path: Path) -> None:
     from sentencepiece import sentencepiece_model_pb2 as spm
 
@@ -109,7 +119,6 @@ def build_sensevoice(out: Path, training: dict[Path, tuple[str, str, str]] | Non
     """Write a tiny SenseVoiceSmall directory; with `training` ({wav: (emotion, event, text)})
     fit it on those clips so that it emits `<|en|><|EMOTION|><|Event|><|withitn|> text` (or woitn)."""
     import torch
-    import yaml
     from funasr.models.sense_voice.model import SenseVoiceSmall
 
     out.mkdir(parents=True, exist_ok=True)
@@ -138,23 +147,8 @@ def build_sensevoice(out: Path, training: dict[Path, tuple[str, str, str]] | Non
         "ctc_conf": {"dropout_rate": 0.0, "ctc_type": "builtin", "reduce": True, "ignore_nan_grad": True},
         "normalize": None,
     }
-    (out / "config.yaml").write_text(yaml.safe_dump(config))
-    metas = {
-        "init_param": "model.pt",
-        "config": "config.yaml",
-        "tokenizer_conf": {"bpemodel": bpe},
-        "frontend_conf": {"cmvn_file": "am.mvn"},
-    }
-    (out / "configuration.json").write_text(
-        json.dumps(
-            {
-                "framework": "pytorch",
-                "task": "auto-speech-recognition",
-                "model": {"type": "funasr"},
-                "file_path_metas": metas,
-            }
-        )
-    )
+    metas = {"tokenizer_conf": {"bpemodel": bpe}, "frontend_conf": {"cmvn_file": "am.mvn"}}
+    _write_funasr_layout(out, config, "auto-speech-recognition", metas)
     torch.manual_seed(0)
     model = SenseVoiceSmall(
         encoder="SenseVoiceEncoderSmall",
@@ -204,7 +198,6 @@ def _fit(out: Path, training: dict[Path, tuple[str, str, str]], steps: int) -> N
 def build_fsmn_vad(out: Path) -> Path:
     """Write a tiny FSMN-VAD directory (FunASR's fsmn-vad layout)."""
     import torch
-    import yaml
     from funasr.models.fsmn_vad_streaming.model import FsmnVADStreaming
 
     out.mkdir(parents=True, exist_ok=True)
@@ -240,18 +233,7 @@ def build_fsmn_vad(out: Path) -> Path:
         "encoder": "FSMN",
         "encoder_conf": encoder,
     }
-    (out / "config.yaml").write_text(yaml.safe_dump(config))
-    metas = {"init_param": "model.pt", "config": "config.yaml", "frontend_conf": {"cmvn_file": "am.mvn"}}
-    (out / "configuration.json").write_text(
-        json.dumps(
-            {
-                "framework": "pytorch",
-                "task": "voice-activity-detection",
-                "model": {"type": "funasr"},
-                "file_path_metas": metas,
-            }
-        )
-    )
+    _write_funasr_layout(out, config, "voice-activity-detection", {"frontend_conf": {"cmvn_file": "am.mvn"}})
     torch.manual_seed(0)
     torch.save(FsmnVADStreaming(encoder="FSMN", encoder_conf=encoder, **model_conf).state_dict(), out / "model.pt")
     return out

@@ -108,6 +108,14 @@ async def running_app(
             yield AppHandle(app, client)
 
 
+async def settled_readiness(h: AppHandle) -> httpx.Response:
+    """Poll /readyz until the model is no longer loading (20 s at most); return the last answer."""
+    async with asyncio.timeout(20):
+        while (r := await h.client.get("/readyz")).json()["status"] == "loading":  # noqa: ASYNC110 - only HTTP shows it
+            await asyncio.sleep(0.05)
+    return r
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -56,7 +56,7 @@ class FakeBackend:
         if self.error is not None and not (warmup and self.fail_after_warmup):
             raise self.error
         duration = len(audio) / 16_000
-        segment = Segment(id=0, start=0.0, end=duration, text=self.text, **self.segment_fields)  # type: ignore[arg-type]
+        segment = Segment(id=0, start=0.0, end=duration, text=self.text, **self.segment_fields)
         return Transcript(self.text, options.language or self.language, 0.99, duration, [segment])
 
     def close(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from typing import TYPE_CHECKING
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from service.backends.base import Capabilities
-from tests.conftest import make_settings, running_app
+from tests.conftest import make_settings, running_app, settled_readiness
 from tests.fakes import FakeBackend, factory
 
 if TYPE_CHECKING:
@@ -26,7 +25,7 @@ def _upload(path: Path, **fields: str) -> dict[str, object]:
 async def test_json_answer_has_every_field(tmp_path: Path, speech_dir: Path) -> None:
     backend = FakeBackend(text="hello world")
     async with running_app(make_settings(tmp_path), factory(backend)) as h:
-        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))  # type: ignore[arg-type]
+        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) >= {
@@ -60,7 +59,7 @@ async def test_unknown_parameter_values_are_422_with_the_field_named(
     tmp_path: Path, speech_dir: Path, fields: dict[str, str], status: int, code: str
 ) -> None:
     async with running_app(make_settings(tmp_path), factory(FakeBackend())) as h:
-        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav", **fields))  # type: ignore[arg-type]
+        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav", **fields))
         assert r.status_code == status
         error = r.json()["error"]
         assert error["code"] == code
@@ -91,7 +90,7 @@ async def test_bad_uploads_get_clear_4xx_and_are_counted(tmp_path: Path, speech_
     settings = make_settings(tmp_path, limits={"max_audio_seconds": 60})
     async with running_app(settings, factory(FakeBackend())) as h:
         for kwargs, status, code, reason in cases:
-            r = await h.client.post("/transcribe", **kwargs)  # type: ignore[arg-type]
+            r = await h.client.post("/transcribe", **kwargs)
             assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
             if reason:
                 assert h.sample("asr_requests_rejected_total", {"reason": reason}) >= 1
@@ -99,13 +98,13 @@ async def test_bad_uploads_get_clear_4xx_and_are_counted(tmp_path: Path, speech_
         r = await h.client.post("/transcribe", content=b"RIFF....", headers={"content-type": "audio/wav"})
         assert r.status_code == 422 and "multipart/form-data" in r.json()["error"]["message"]
         # After all that, the service still serves.
-        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))  # type: ignore[arg-type]
+        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))
         assert r.status_code == 200
 
 
 async def test_audio_longer_than_the_limit_is_413(tmp_path: Path, speech_dir: Path) -> None:
     async with running_app(make_settings(tmp_path, limits={"max_audio_seconds": 1.5}), factory(FakeBackend())) as h:
-        r = await h.client.post("/transcribe", **_upload(speech_dir / "weather.mp3"))  # type: ignore[arg-type]
+        r = await h.client.post("/transcribe", **_upload(speech_dir / "weather.mp3"))
         assert r.status_code == 413 and r.json()["error"]["code"] == "audio_too_long"
         assert h.sample("asr_requests_rejected_total", {"reason": "too_large"}) == 1
 
@@ -125,10 +124,10 @@ async def test_api_key_is_required_when_configured(tmp_path: Path, speech_dir: P
     async with running_app(settings, factory(FakeBackend())) as h:
         upload = _upload(speech_dir / "fox.wav")
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic k3y"}):
-            r = await h.client.post("/transcribe", headers=headers, **upload)  # type: ignore[arg-type]
+            r = await h.client.post("/transcribe", headers=headers, **upload)
             assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
             assert r.headers["www-authenticate"] == "Bearer"
-        r = await h.client.post("/transcribe", headers={"Authorization": "Bearer k3y"}, **upload)  # type: ignore[arg-type]
+        r = await h.client.post("/transcribe", headers={"Authorization": "Bearer k3y"}, **upload)
         assert r.status_code == 200
         assert h.sample("asr_requests_rejected_total", {"reason": "unauthorized"}) == 3
         assert (await h.client.get("/healthz")).status_code == 200  # probes need no key
@@ -143,7 +142,7 @@ async def test_features_the_engine_lacks_are_refused(tmp_path: Path, speech_dir:
             ({"rich_output": "true"}, "emotion"),
             ({"language": "de"}, "unsupported language"),
         ):
-            r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav", **fields))  # type: ignore[arg-type]
+            r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav", **fields))
             assert r.status_code == 422 and needle in r.json()["error"]["message"], r.text
 
 
@@ -153,7 +152,7 @@ async def test_features_the_engine_lacks_are_refused(tmp_path: Path, speech_dir:
 )
 async def test_text_formats(tmp_path: Path, speech_dir: Path, fmt: str, start: str) -> None:
     async with running_app(make_settings(tmp_path), factory(FakeBackend())) as h:
-        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav", response_format=fmt))  # type: ignore[arg-type]
+        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav", response_format=fmt))
     assert r.status_code == 200
     assert r.text.startswith(start)
 
@@ -169,14 +168,10 @@ async def test_not_ready_while_loading_then_ready(tmp_path: Path, speech_dir: Pa
         assert (await h.client.get("/healthz")).status_code == 200
         r = await h.client.get("/readyz")
         assert r.status_code == 503 and r.json()["status"] == "loading"
-        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))  # type: ignore[arg-type]
+        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))
         assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
         release.set()
-        for _ in range(100):
-            if (await h.client.get("/readyz")).status_code == 200:
-                break
-            await asyncio.sleep(0.05)
-        assert (await h.client.get("/readyz")).json()["status"] == "ready"
+        assert (await settled_readiness(h)).json()["status"] == "ready"
 
 
 async def test_a_model_that_fails_to_load_is_reported_not_ready(tmp_path: Path) -> None:
@@ -184,29 +179,25 @@ async def test_a_model_that_fails_to_load_is_reported_not_ready(tmp_path: Path) 
         raise RuntimeError("weights not found")
 
     async with running_app(make_settings(tmp_path), broken, wait_ready=False) as h:
-        for _ in range(100):
-            r = await h.client.get("/readyz")
-            if r.json()["status"] != "loading":
-                break
-            await asyncio.sleep(0.02)
+        r = await settled_readiness(h)
         assert r.status_code == 503 and "weights not found" in r.json()["error"]
 
 
 async def test_gpu_out_of_memory_is_503_counted_and_the_service_goes_on(tmp_path: Path, speech_dir: Path) -> None:
     backend = FakeBackend(error=RuntimeError("CUDA failed with error out of memory"))
     async with running_app(make_settings(tmp_path), factory(backend)) as h:
-        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))  # type: ignore[arg-type]
+        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))
         assert r.status_code == 503 and "GPU memory" in r.json()["error"]["message"]
         assert h.sample("asr_gpu_oom_total") == 1
         assert h.sample("asr_requests_rejected_total", {"reason": "backend_error"}) == 1
         backend.error = None
-        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))  # type: ignore[arg-type]
+        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))
         assert r.status_code == 200
 
 
 async def test_engine_bug_is_503_not_500(tmp_path: Path, speech_dir: Path) -> None:
     async with running_app(make_settings(tmp_path), factory(FakeBackend(error=IndexError("oops")))) as h:
-        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))  # type: ignore[arg-type]
+        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))
     assert r.status_code == 503 and r.json()["error"]["code"] == "backend_error"
 
 
@@ -214,11 +205,11 @@ async def test_timeout_is_504_and_frees_the_worker(tmp_path: Path, speech_dir: P
     settings = make_settings(tmp_path, limits={"request_timeout_seconds": 0.3, "timeout_per_audio_second": 0})
     backend = FakeBackend(delay=5.0)
     async with running_app(settings, factory(backend)) as h:
-        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))  # type: ignore[arg-type]
+        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
         assert h.sample("asr_requests_rejected_total", {"reason": "timeout"}) == 1
         backend.delay = 0
-        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))  # type: ignore[arg-type]
+        r = await h.client.post("/transcribe", **_upload(speech_dir / "fox.wav"))
         assert r.status_code == 200
 
 
@@ -234,7 +225,7 @@ async def test_one_json_log_line_per_request_with_the_request_id(tmp_path: Path,
     log_file = tmp_path / "logs" / "asr.log"
     settings = make_settings(tmp_path, server={"log_format": "json", "log_file": log_file})
     async with running_app(settings, factory(FakeBackend())) as h:
-        r = await h.client.post("/transcribe", headers={"X-Request-ID": "abc-123"}, **_upload(speech_dir / "fox.wav"))  # type: ignore[arg-type]
+        r = await h.client.post("/transcribe", headers={"X-Request-ID": "abc-123"}, **_upload(speech_dir / "fox.wav"))
         await h.client.get("/healthz")
     assert r.headers["x-request-id"] == "abc-123"
     lines = [json.loads(line) for line in log_file.read_text().splitlines()]

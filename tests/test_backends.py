@@ -12,7 +12,7 @@ from service.backends import load_backend
 from service.backends.sensevoice_tags import split_rich
 from service.errors import MissingExtraError
 from tests.checkpoints import build_fsmn_vad, build_openai_whisper, build_sensevoice
-from tests.conftest import make_settings, running_app, serve
+from tests.conftest import make_settings, running_app, serve, settled_readiness
 
 # ---- SenseVoice output parsing, on the strings SenseVoiceSmall and FunASR really produce ---------
 
@@ -160,14 +160,8 @@ def test_sensevoice_by_environment_through_the_real_server(
 async def test_sensevoice_without_a_model_directory_is_not_ready_with_a_reason(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, model={"backend": "sensevoice", "model": "embedded:base"})
     async with running_app(settings, wait_ready=False) as h:
-        for _ in range(400):
-            body = (await h.client.get("/readyz")).json()
-            if body["status"] != "loading":
-                break
-            import asyncio
-
-            await asyncio.sleep(0.05)
-        assert body["status"] == "failed" and "SenseVoiceSmall directory" in body["error"]
+        body = (await settled_readiness(h)).json()
+    assert body["status"] == "failed" and "SenseVoiceSmall directory" in body["error"]
 
 
 # ---- Whisper through openai-whisper -----------------------------------------------------------------
@@ -223,12 +217,6 @@ async def test_openai_whisper_by_name_without_weights_says_where_it_looked(tmp_p
         tmp_path, model={"backend": "openai-whisper", "model": "large-v3", "local_files_only": True}
     )
     async with running_app(settings, wait_ready=False) as h:
-        import asyncio
-
-        for _ in range(400):
-            body = (await h.client.get("/readyz")).json()
-            if body["status"] != "loading":
-                break
-            await asyncio.sleep(0.05)
+        body = (await settled_readiness(h)).json()
     assert body["status"] == "failed"
     assert str(tmp_path / "cache" / "openai-whisper" / "large-v3.pt") in body["error"]

@@ -70,7 +70,7 @@ class _Util:
 @dataclass
 class _Process:
     pid: int
-    usedGpuMemory: int | None  # NVML's own field name
+    usedGpuMemory: int | None  # NVML's own field name, as the real process info has it
 
 
 def fake_pynvml(own_pid: int) -> types.ModuleType:
@@ -96,24 +96,24 @@ def fake_pynvml(own_pid: int) -> types.ModuleType:
         },
     ]
     m = types.ModuleType("pynvml")
-    m.NVMLError = FakeNVMLError  # type: ignore[attr-defined]
-    m.NVML_TEMPERATURE_GPU = 0  # type: ignore[attr-defined]
-    m.nvmlInit = lambda: None  # type: ignore[attr-defined]
-    m.nvmlDeviceGetCount = lambda: len(gpus)  # type: ignore[attr-defined]
-    m.nvmlDeviceGetHandleByIndex = lambda i: gpus[i]  # type: ignore[attr-defined]
-    m.nvmlDeviceGetMemoryInfo = lambda h: h["mem"]  # type: ignore[attr-defined]
-    m.nvmlDeviceGetUtilizationRates = lambda h: h["util"]  # type: ignore[attr-defined]
-    m.nvmlDeviceGetTemperature = lambda h, sensor: h["temp"]  # type: ignore[attr-defined]
-    m.nvmlDeviceGetComputeRunningProcesses = lambda h: h["procs"]  # type: ignore[attr-defined]
-    m.nvmlDeviceGetName = lambda h: h["name"].encode()  # older bindings return bytes  # type: ignore[attr-defined]
-    m.nvmlDeviceGetUUID = lambda h: h["uuid"]  # type: ignore[attr-defined]
+    m.NVMLError = FakeNVMLError
+    m.NVML_TEMPERATURE_GPU = 0
+    m.nvmlInit = lambda: None
+    m.nvmlDeviceGetCount = lambda: len(gpus)
+    m.nvmlDeviceGetHandleByIndex = lambda i: gpus[i]
+    m.nvmlDeviceGetMemoryInfo = lambda h: h["mem"]
+    m.nvmlDeviceGetUtilizationRates = lambda h: h["util"]
+    m.nvmlDeviceGetTemperature = lambda h, sensor: h["temp"]
+    m.nvmlDeviceGetComputeRunningProcesses = lambda h: h["procs"]
+    m.nvmlDeviceGetName = lambda h: h["name"].encode()  # older bindings return bytes
+    m.nvmlDeviceGetUUID = lambda h: h["uuid"]
 
     def power(h: dict[str, Any]) -> int:
         if h["power"] is None:
             raise FakeNotSupported("Not Supported")
         return int(h["power"])
 
-    m.nvmlDeviceGetPowerUsage = power  # type: ignore[attr-defined]
+    m.nvmlDeviceGetPowerUsage = power
     return m
 
 
@@ -144,7 +144,7 @@ def test_nvml_init_failure_means_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None
     def no_driver() -> None:
         raise FakeNVMLError("Driver Not Loaded")
 
-    module.nvmlInit = no_driver  # type: ignore[attr-defined]
+    module.nvmlInit = no_driver
     monkeypatch.setitem(sys.modules, "pynvml", module)
     collector = GpuCollector(lambda: set())
     assert collector.reason == "NVML unavailable: Driver Not Loaded"

@@ -237,11 +237,11 @@ def test_a_stopped_service_sends_an_alert_email_then_a_resolved_one(env: Env) ->
     )
     assert str(firing["Subject"]) == f"[FIRING:1] ASRServiceDown (critical): ASR service {instance} is down"
     assert str(firing["To"]) == "oncall@asr.local" and str(firing["From"]) == "asr-alerts@asr.local"
-    text = firing.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    text = firing.get_body(preferencelist=("plain",)).get_content()
     assert f"Summary: ASR service {instance} is down" in text
     assert "Runbook: https://github.com/asr-service/asr-service/blob/main/docs/runbook.md#asrservicedown" in text
     assert "Dashboard: http://localhost:3000/d/asr-overview/asr-overview" in text
-    html = firing.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
+    html = firing.get_body(preferencelist=("html",)).get_content()
     assert 'href="https://github.com/asr-service/asr-service/blob/main/docs/runbook.md#asrservicedown"' in html
 
     with serve(env.service_env, env.tmp, port=env.asr_port) as server:
@@ -249,7 +249,7 @@ def test_a_stopped_service_sends_an_alert_email_then_a_resolved_one(env: Env) ->
         resolved = env.stack.mail.wait_for(
             lambda m: "[RESOLVED]" in str(m["Subject"]) and "ASRServiceDown" in str(m["Subject"]), timeout=90
         )
-        assert "Resolved:" in resolved.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+        assert "Resolved:" in resolved.get_body(preferencelist=("plain",)).get_content()
         sent = env.query('alertmanager_notifications_total{integration="email"}')["data"]["result"]
         failed = env.query('alertmanager_notifications_failed_total{integration="email"}')["data"]["result"]
         assert float(sent[0]["value"][1]) >= 1 and float(failed[0]["value"][1]) == 0

@@ -35,7 +35,7 @@ def _per_process(directory: Path, name: str, tmp: Path, **labels: str) -> dict[i
     """Each worker's own value of a counter, read from its file alone."""
     out: dict[int, float] = {}
     for f in directory.glob("counter_*.db"):
-        pid = int(re.search(r"_(\d+)\.db$", f.name).group(1))  # type: ignore[union-attr]
+        pid = int(re.search(r"_(\d+)\.db$", f.name).group(1))
         single = tmp / f"one-{pid}"
         single.mkdir()
         shutil.copy(f, single / f.name)
@@ -148,5 +148,5 @@ def _busy_worker(mp_dir: Path) -> int | None:
         samples = [s for family in registry.collect() for s in family.samples]  # reads the file now
         shutil.rmtree(single)
         if any(s.name == "asr_http_requests_in_flight" and s.value >= 1 for s in samples):
-            return int(re.search(r"_(\d+)\.db$", f.name).group(1))  # type: ignore[union-attr]
+            return int(re.search(r"_(\d+)\.db$", f.name).group(1))
     return None

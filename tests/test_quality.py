@@ -33,7 +33,7 @@ def _quality_settings(tmp_path: Path, **quality: object) -> object:
 
 async def _wait_samples(h: object, count: int) -> list[dict[str, object]]:
     for _ in range(200):
-        r = await h.client.get("/v1/samples", headers=ADMIN)  # type: ignore[attr-defined]
+        r = await h.client.get("/v1/samples", headers=ADMIN)
         if r.json()["total"] >= count:
             return list(r.json()["items"])
         await asyncio.sleep(0.05)
@@ -42,7 +42,7 @@ async def _wait_samples(h: object, count: int) -> list[dict[str, object]]:
 
 @pytest.mark.slow
 async def test_sampled_requests_scored_against_references_match_jiwer(tmp_path: Path, speech_dir: Path) -> None:
-    async with running_app(_quality_settings(tmp_path)) as h:  # type: ignore[arg-type]
+    async with running_app(_quality_settings(tmp_path)) as h:
         for name in SENTENCES:
             path = speech_dir / f"{name}.mp3"
             r = await h.client.post("/transcribe", files={"file": (path.name, path.read_bytes())})
@@ -84,7 +84,7 @@ async def test_sampled_requests_scored_against_references_match_jiwer(tmp_path: 
         assert scored["total"] == len(SENTENCES)
 
     # A restart restores the counters from the store.
-    async with running_app(_quality_settings(tmp_path)) as h2:  # type: ignore[arg-type]
+    async with running_app(_quality_settings(tmp_path)) as h2:
         assert h2.sample("asr_quality_word_errors_total", {"language": "en"}) == expected_errors
         assert h2.sample("asr_quality_reference_words_total", {"language": "en"}) == expected_words
         assert h2.sample("asr_quality_samples_total", {"language": "en", "stratum": "short"}) == len(SENTENCES)
@@ -96,7 +96,7 @@ def _which_sentence(hypothesis: str) -> str:
 
 async def test_chinese_samples_are_scored_by_characters(tmp_path: Path, speech_dir: Path) -> None:
     backend = FakeBackend(text="今天天汽很好", language="zh")
-    async with running_app(_quality_settings(tmp_path), factory(backend)) as h:  # type: ignore[arg-type]
+    async with running_app(_quality_settings(tmp_path), factory(backend)) as h:
         r = await h.client.post(
             "/transcribe", files={"file": ("a.wav", (speech_dir / "fox.wav").read_bytes())}, data={"language": "zh"}
         )
@@ -112,7 +112,7 @@ async def test_chinese_samples_are_scored_by_characters(tmp_path: Path, speech_d
 async def test_damaged_or_missing_files_are_skipped_counted_and_the_job_goes_on(
     tmp_path: Path, speech_dir: Path
 ) -> None:
-    async with running_app(_quality_settings(tmp_path), factory(FakeBackend(text="hello world"))) as h:  # type: ignore[arg-type]
+    async with running_app(_quality_settings(tmp_path), factory(FakeBackend(text="hello world"))) as h:
         for _ in range(4):
             await h.client.post("/transcribe", files={"file": ("a.wav", (speech_dir / "fox.wav").read_bytes())})
         items = await _wait_samples(h, 4)
@@ -136,7 +136,7 @@ async def test_damaged_or_missing_files_are_skipped_counted_and_the_job_goes_on(
 async def test_review_api_auth_and_ids(tmp_path: Path, speech_dir: Path) -> None:
     secret = tmp_path / "secret.txt"
     secret.write_text("do not serve me")
-    async with running_app(_quality_settings(tmp_path), factory(FakeBackend())) as h:  # type: ignore[arg-type]
+    async with running_app(_quality_settings(tmp_path), factory(FakeBackend())) as h:
         await h.client.post("/transcribe", files={"file": ("a.wav", (speech_dir / "fox.wav").read_bytes())})
         [item] = await _wait_samples(h, 1)
         for headers in ({}, {"Authorization": "Bearer nope"}):
@@ -168,10 +168,10 @@ async def test_storing_happens_after_the_answer(
 
     def add(self: SampleStore, *args: object, **kwargs: object) -> str:
         time.sleep(0.6)
-        return slow_add(self, *args, **kwargs)  # type: ignore[arg-type]
+        return slow_add(self, *args, **kwargs)
 
     monkeypatch.setattr(SampleStore, "add", add)
-    async with running_app(_quality_settings(tmp_path), factory(FakeBackend())) as h:  # type: ignore[arg-type]
+    async with running_app(_quality_settings(tmp_path), factory(FakeBackend())) as h:
         r = await h.client.post("/transcribe", files={"file": ("a.wav", (speech_dir / "fox.wav").read_bytes())})
         assert r.status_code == 200
         await _wait_samples(h, 1)
@@ -251,8 +251,8 @@ def test_cli_export_import_and_evaluate(tmp_path: Path, speech_dir: Path) -> Non
     assert run.returncode == 0 and "imported 1" in run.stdout
     run = cli("samples", "import-references", str(tmp_path / "refs.csv"))  # again: ids[0] is referenced, fine
     assert run.returncode == 0
-    assert store.get(ids[0]).reference == "first reference"  # type: ignore[union-attr]
-    assert store.get(ids[1]).status == "referenced"  # type: ignore[union-attr]
+    assert store.get(ids[0]).reference == "first reference"
+    assert store.get(ids[1]).status == "referenced"
     (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "../../etc", "text": "x"}) + "\n")
     run = cli("samples", "import-references", str(tmp_path / "bad.jsonl"))
     assert run.returncode == 1 and "invalid id" in run.stderr

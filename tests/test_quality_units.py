@@ -70,7 +70,7 @@ def _settings(**kw: object) -> QualitySettings:
         "flagged_rate": 0.5,
         "dir": Path("/nonexistent"),
     }
-    return QualitySettings(**{**base, **kw})  # type: ignore[arg-type]
+    return QualitySettings(**{**base, **kw})
 
 
 def test_rare_strata_keep_their_floor_common_ones_their_share() -> None:

@@ -40,7 +40,7 @@ async def test_runs_at_most_workers_at_once_and_queues_the_rest() -> None:
     running: list[int] = []
     peak = [0]
     try:
-        results = await asyncio.gather(*(scheduler.submit(_sleeper(0.1, running, peak), 10) for _ in range(6)))  # type: ignore[arg-type]
+        results = await asyncio.gather(*(scheduler.submit(_sleeper(0.1, running, peak), 10) for _ in range(6)))
     finally:
         await scheduler.stop()
     assert results == [0.1] * 6

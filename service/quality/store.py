@@ -23,7 +23,7 @@ import time
 import uuid
 import wave
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -372,22 +372,6 @@ def _filters(status: str | None, language: str | None) -> tuple[str, tuple[str, 
 
 
 def _record(row: sqlite3.Row) -> SampleRecord:
-    return SampleRecord(
-        id=row["id"],
-        created_at=row["created_at"],
-        language=row["language"],
-        stratum=row["stratum"],
-        duration=row["duration"],
-        backend=row["backend"],
-        model=row["model"],
-        hypothesis=row["hypothesis"],
-        flags=[f for f in row["flags"].split(",") if f],
-        request_id=row["request_id"],
-        status=row["status"],
-        reference=row["reference"],
-        scored_at=row["scored_at"],
-        unit=row["unit"],
-        errors=row["errors"],
-        reference_units=row["reference_units"],
-        skip_reason=row["skip_reason"],
-    )
+    values = {f.name: row[f.name] for f in fields(SampleRecord)}
+    values["flags"] = [f for f in row["flags"].split(",") if f]
+    return SampleRecord(**values)
