@@ -99,6 +99,9 @@ class LocalStack:
     evaluation_interval: str = "15s"
     # Alertmanager route timing overrides (tests shorten group_wait/group_interval).
     route_timing: dict[str, str] = field(default_factory=dict)
+    # How often Prometheus re-sends firing alerts. An alert that fires before Prometheus has
+    # discovered Alertmanager (a few seconds after start) arrives only at the next re-send.
+    resend_delay: str = "1m"
     ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     mail: MailSink | None = None
@@ -189,6 +192,7 @@ class LocalStack:
                 f"--web.listen-address={loopback}:{self.ports['prometheus']}",
                 "--web.enable-lifecycle",
                 "--enable-feature=exemplar-storage",
+                f"--rules.alert.resend-delay={self.resend_delay}",
             ],
             "/-/ready",
         )

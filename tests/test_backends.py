@@ -220,3 +220,11 @@ async def test_openai_whisper_by_name_without_weights_says_where_it_looked(tmp_p
         body = (await settled_readiness(h)).json()
     assert body["status"] == "failed"
     assert str(tmp_path / "cache" / "openai-whisper" / "large-v3.pt") in body["error"]
+
+
+@pytest.mark.anyio
+async def test_faster_whisper_by_name_offline_without_a_local_copy_says_so(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, model={"model": "large-v3", "local_files_only": True})
+    async with running_app(settings, wait_ready=False) as h:
+        body = (await settled_readiness(h)).json()
+    assert body["status"] == "failed" and "large-v3" in body["error"]

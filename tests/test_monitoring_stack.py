@@ -67,7 +67,9 @@ def env(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Iterator[
     timing = {"group_wait": "1s", "group_interval": "2s", "repeat_interval": "1h"}
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(serve(service_env, tmp, port=port))
-        local = stack.enter_context(LocalStack(tmp / "stack", [f"127.0.0.1:{port}"], "1s", "1s", timing))
+        local = stack.enter_context(
+            LocalStack(tmp / "stack", [f"127.0.0.1:{port}"], "1s", "1s", timing, resend_delay="2s")
+        )
         e = Env(local, tmp, port, service_env, server)
         # Real traffic: every sentence, one upload that is not audio; references and scoring.
         for name in SENTENCES:

@@ -65,25 +65,31 @@ def test_two_workers_one_scrape_that_sums_them(tmp_path: Path, speech_dir: Path)
     with serve(env, tmp_path, ready_timeout=180) as server:
         _wait_all_ready(server)
         # A fresh connection per request: the kernel hands each accept to one of the workers
-        # (concurrent requests on an idle worker's loop may all land on that one).
-        statuses = [
-            httpx.post(
-                server.url + "/transcribe",
-                files={"file": ("a.wav", payload)},
-                timeout=60,
-                headers={"Connection": "close"},
-            ).status_code
-            for _ in range(16)
-        ]
-        assert statuses == [200] * 16
+        # (concurrent requests on an idle worker's loop may all land on that one). Send until
+        # both have served some, in case the kernel favours one for a while.
+        sent = 0
+        while sent < 64:
+            for _ in range(8):
+                response = httpx.post(
+                    server.url + "/transcribe",
+                    files={"file": ("a.wav", payload)},
+                    timeout=60,
+                    headers={"Connection": "close"},
+                )
+                assert response.status_code == 200
+                sent += 1
+            probe = tmp_path / f"probe-{sent}"
+            probe.mkdir()
+            per_pid = _per_process(mp_dir, "asr_http_requests_total", probe, route="/transcribe", status="200")
+            if sum(1 for v in per_pid.values() if v > 0) == 2:
+                break
         text = httpx.get(server.url + "/metrics").text
-        per_pid = _per_process(mp_dir, "asr_http_requests_total", tmp_path, route="/transcribe", status="200")
     assert not (mp_dir / "counter_1.db").exists()
     served_by = {pid: v for pid, v in per_pid.items() if v > 0}
     assert len(served_by) == 2, per_pid  # requests reached both workers
-    assert sum(served_by.values()) == 16
-    assert _value(text, "asr_http_requests_total", route="/transcribe", status="200") == 16
-    assert _value(text, "asr_realtime_factor_count") == 16
+    assert sum(served_by.values()) == sent
+    assert _value(text, "asr_http_requests_total", route="/transcribe", status="200") == sent
+    assert _value(text, "asr_realtime_factor_count") == sent
     assert _value(text, "asr_queue_capacity") == 64  # two workers' queues of 32
     assert _value(text, "asr_http_requests_in_flight") == 0
     assert _value(text, "asr_model_info", model="whisper-tiny.en") == 1  # livemax: one series, not two
