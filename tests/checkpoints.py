@@ -53,6 +53,11 @@ _WORDS = ["hello", "world", "good", "morning", "the", "speech", "service", "one"
 _LFR_DIM = 560  # 80 mel bins x LFR 7
 
 
+def _fbank_conf(**specific: Any) -> dict[str, Any]:
+    """FunASR's 16 kHz, 80-mel fbank frontend settings, as both SenseVoice and fsmn-vad ship them."""
+    return {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25, "frame_shift": 10, **specific}
+
+
 def _cmvn(path: Path, dim: int) -> None:
     """A Kaldi nnet-format CMVN file (am.mvn) as FunASR's WavFrontend reads it."""
     values = lambda v: " ".join(f"{x:.6f}" for x in np.full(dim, v))  # noqa: E731
@@ -134,16 +139,7 @@ def build_sensevoice(out: Path, training: dict[Path, tuple[str, str, str]] | Non
         "tokenizer": "SentencepiecesTokenizer",
         "tokenizer_conf": {"bpemodel": None, "unk_symbol": "<unk>", "split_with_space": True},
         "frontend": "WavFrontend",
-        "frontend_conf": {
-            "fs": 16000,
-            "window": "hamming",
-            "n_mels": 80,
-            "frame_length": 25,
-            "frame_shift": 10,
-            "lfr_m": 7,
-            "lfr_n": 6,
-            "cmvn_file": None,
-        },
+        "frontend_conf": _fbank_conf(lfr_m=7, lfr_n=6, cmvn_file=None),
         "ctc_conf": {"dropout_rate": 0.0, "ctc_type": "builtin", "reduce": True, "ignore_nan_grad": True},
         "normalize": None,
     }
@@ -218,16 +214,7 @@ def build_fsmn_vad(out: Path) -> Path:
     model_conf = {"sample_rate": 16000, "max_single_segment_time": 60000, "sil_pdf_ids": [0], "silence_pdf_num": 1}
     config: dict[str, Any] = {
         "frontend": "WavFrontendOnline",
-        "frontend_conf": {
-            "fs": 16000,
-            "window": "hamming",
-            "n_mels": 80,
-            "frame_length": 25,
-            "frame_shift": 10,
-            "dither": 0.0,
-            "lfr_m": 5,
-            "lfr_n": 1,
-        },
+        "frontend_conf": _fbank_conf(dither=0.0, lfr_m=5, lfr_n=1),
         "model": "FsmnVADStreaming",
         "model_conf": model_conf,
         "encoder": "FSMN",
