@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from deploy.local_stack import free_port
 from service.app import create_app
 from service.config import (
     DecodeSettings,
@@ -116,10 +116,11 @@ async def settled_readiness(h: AppHandle) -> httpx.Response:
     return r
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def run_cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python -m service ARGS` in the checkout with exactly `env`, as an operator's shell would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @dataclass

@@ -11,9 +11,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from deploy.local_stack import free_port
 from service.audio import load_file
 from service.metrics import LATENCY_BUCKETS, QUEUE_WAIT_BUCKETS, RTF_BUCKETS
-from tests.conftest import free_port, make_settings, running_app
+from tests.conftest import make_settings, running_app
 from tests.fakes import FakeBackend, factory
 
 pytestmark = pytest.mark.anyio

@@ -24,10 +24,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.grafana.dashboards import DASHBOARDS, render
-from deploy.local_stack import LocalStack
+from deploy.local_stack import LocalStack, free_port
 from service.gpu import GpuCollector
 from service.metrics import Metrics
-from tests.conftest import ROOT, SENTENCES, Server, free_port, serve
+from tests.conftest import ROOT, SENTENCES, Server, serve
 from tests.test_gpu import fake_pynvml
 
 pytestmark = pytest.mark.slow

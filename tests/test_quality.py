@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 
 from service.quality.scoring import basic_normalize
 from service.quality.store import SampleStore
-from tests.conftest import ROOT, SENTENCES, make_settings, running_app
+from tests.conftest import SENTENCES, make_settings, run_cli, running_app
 from tests.fakes import FakeBackend, factory
 
 pytestmark = pytest.mark.anyio
@@ -229,13 +227,8 @@ def test_cli_export_import_and_evaluate(tmp_path: Path, speech_dir: Path) -> Non
         "PATH": "/usr/bin:/bin",
     }
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "service", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
-        )
-
     out = tmp_path / "review"
-    assert cli("samples", "export", str(out)).returncode == 0
+    assert run_cli(env, "samples", "export", str(out)).returncode == 0
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert {m["id"] for m in manifest} == set(ids)
     assert (out / f"{ids[0]}.wav").read_bytes()[:4] == b"RIFF"
@@ -246,15 +239,15 @@ def test_cli_export_import_and_evaluate(tmp_path: Path, speech_dir: Path) -> Non
         writer.writerow(["id", "text"])
         writer.writerow([ids[0], "first reference"])
     (tmp_path / "refs.jsonl").write_text(json.dumps({"id": ids[1], "text": "second reference"}) + "\n")
-    assert cli("samples", "import-references", str(tmp_path / "refs.csv")).returncode == 0
-    run = cli("samples", "import-references", str(tmp_path / "refs.jsonl"))
+    assert run_cli(env, "samples", "import-references", str(tmp_path / "refs.csv")).returncode == 0
+    run = run_cli(env, "samples", "import-references", str(tmp_path / "refs.jsonl"))
     assert run.returncode == 0 and "imported 1" in run.stdout
-    run = cli("samples", "import-references", str(tmp_path / "refs.csv"))  # again: ids[0] is referenced, fine
+    run = run_cli(env, "samples", "import-references", str(tmp_path / "refs.csv"))  # again: ids[0] is referenced, fine
     assert run.returncode == 0
     assert store.get(ids[0]).reference == "first reference"
     assert store.get(ids[1]).status == "referenced"
     (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "../../etc", "text": "x"}) + "\n")
-    run = cli("samples", "import-references", str(tmp_path / "bad.jsonl"))
+    run = run_cli(env, "samples", "import-references", str(tmp_path / "bad.jsonl"))
     assert run.returncode == 1 and "invalid id" in run.stderr
 
     folder = tmp_path / "eval"
@@ -262,10 +255,10 @@ def test_cli_export_import_and_evaluate(tmp_path: Path, speech_dir: Path) -> Non
     for name, text in SENTENCES.items():
         (folder / f"{name}.ogg").write_bytes((speech_dir / f"{name}.ogg").read_bytes())
         (folder / f"{name}.txt").write_text(text)
-    run = cli("evaluate", "--dir", str(folder), "--json")
+    run = run_cli(env, "evaluate", "--dir", str(folder), "--json")
     assert run.returncode == 0, run.stderr
     [row] = json.loads(run.stdout)
     assert row["language"] == "en" and row["files"] == len(SENTENCES) and row["metric"] == "WER"
     assert 0 <= row["rate"] <= 0.2
-    table = cli("evaluate", "--dir", str(folder)).stdout
+    table = run_cli(env, "evaluate", "--dir", str(folder)).stdout
     assert table.splitlines()[0].split() == ["language", "files", "metric", "errors", "ref", "units", "rate"]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
-import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -15,7 +13,7 @@ import openai
 import pytest
 
 from service.quality.scoring import score
-from tests.conftest import ROOT, SENTENCES, Server, serve
+from tests.conftest import SENTENCES, Server, run_cli, serve
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -139,34 +137,13 @@ def test_a_burst_beyond_the_queue_gets_200_or_429_and_health_stays_fast(tmp_path
 def test_cli_transcribes_several_files_with_a_progress_bar(speech_dir: Path, tmp_path: Path) -> None:
     env = {"ASR_MODEL": "embedded:tiny.en", "ASR_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     files = [str(speech_dir / "fox.wav"), str(speech_dir / "meeting.mp3")]
-    run = subprocess.run(
-        [sys.executable, "-m", "service", "transcribe", *files, "--format", "json"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_cli(env, "transcribe", *files, "--format", "json", timeout=120)
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     assert [line["file"] for line in lines] == files
     assert score(SENTENCES["meeting"], lines[1]["text"], "en", "basic").rate <= 0.6
     assert "2/2" in run.stderr  # tqdm's progress bar
-    run = subprocess.run(
-        [sys.executable, "-m", "service", "transcribe", files[0], "--format", "vtt"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_cli(env, "transcribe", files[0], "--format", "vtt", timeout=120)
     assert run.stdout.startswith("WEBVTT\n\n00:00:00.000 --> ") and "2/2" not in run.stderr
-    run = subprocess.run(
-        [sys.executable, "-m", "service", "transcribe", str(speech_dir / "missing.wav")],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_cli(env, "transcribe", str(speech_dir / "missing.wav"), timeout=120)
     assert run.returncode == 1 and "missing.wav" in run.stderr
