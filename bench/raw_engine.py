@@ -18,8 +18,8 @@ from typing import Any
 
 from faster_whisper import WhisperModel
 
-from service.backends import worker_count
-from service.backends.faster_whisper import default_cpu_threads, resolve_compute_type, resolve_device
+from service.backends import cpu_threads, worker_count
+from service.backends.faster_whisper import resolve_compute_type, resolve_device
 from service.config import Settings
 from service.embedded_model import embedded_model_path, is_embedded
 
@@ -34,7 +34,7 @@ def engine_options(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
         "model_size_or_path": path,
         "device": device,
         "compute_type": resolve_compute_type(ms.compute_type, device),
-        "cpu_threads": ms.cpu_threads or default_cpu_threads(workers),
+        "cpu_threads": cpu_threads(settings),
         "num_workers": workers,
     }
     decode_args = {

@@ -44,8 +44,8 @@ class ModelSettings(BaseSettings):
     cpu_threads: int = Field(
         0,
         ge=0,
-        description="CPU threads per inference worker; 0 divides the host's cores among the workers "
-        "(1 each with the default worker count).",
+        description="CPU threads per inference worker; 0 divides the host's cores among the workers of "
+        "all processes (1 each with the default worker count).",
     )
     cache_dir: Path = Field(
         DEFAULT_CACHE_DIR, description="Where the embedded model is assembled and hub models are cached."

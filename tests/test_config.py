@@ -5,6 +5,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
+from service.backends import cpu_threads, worker_count
 from service.config import Settings, configuration_markdown, iter_env_vars
 from tests.conftest import ROOT
 
@@ -55,3 +56,25 @@ def test_readme_configuration_table_matches_the_settings() -> None:
     match = re.search(r"<!-- config-table -->\n(.*?)<!-- /config-table -->", readme, re.S)
     assert match, "README.md must hold the configuration table between config-table markers"
     assert match.group(1) == configuration_markdown(), "regenerate it with: python -m service config"
+
+
+@pytest.mark.parametrize(
+    ("env", "workers", "threads"),
+    [
+        ({}, 8, 1),  # by default one single-threaded worker per core
+        ({"ASR_PROCESSES": "2"}, 4, 1),  # cores shared among processes
+        ({"ASR_WORKERS": "2"}, 2, 4),
+        ({"ASR_WORKERS": "2", "ASR_PROCESSES": "2"}, 2, 2),  # 2 x 2 workers on 8 cores
+        ({"ASR_WORKERS": "16"}, 16, 1),  # never below one thread
+        ({"ASR_WORKERS": "2", "ASR_CPU_THREADS": "3"}, 2, 3),  # as configured
+        ({"ASR_DEVICE": "cuda"}, 1, 8),  # a GPU batches instead of running workers side by side
+    ],
+)
+def test_workers_and_threads_share_the_cpu_cores(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], workers: int, threads: int
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert (worker_count(settings), cpu_threads(settings)) == (workers, threads)

@@ -58,6 +58,15 @@ def worker_count(settings: Settings) -> int:
     return max(1, (os.cpu_count() or 1) // settings.server.processes)
 
 
+def cpu_threads(settings: Settings) -> int:
+    """CPU threads per inference worker: ASR_CPU_THREADS, or the host's cores shared among the
+    workers of every process, so that they don't fight over cores."""
+    if settings.model.cpu_threads:
+        return settings.model.cpu_threads
+    workers = worker_count(settings) * settings.server.processes
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def model_label(settings: Settings) -> str:
     """Return the name the model is reported under (metrics, /v1/models, responses)."""
     if settings.model.model_label:

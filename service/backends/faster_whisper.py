@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 import ctranslate2
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-from service.backends import model_label, worker_count
+from service.backends import cpu_threads, model_label, worker_count
 from service.backends.base import (
     Cancelled,
     Capabilities,
@@ -59,11 +58,6 @@ class ObservedBatchedPipeline(BatchedInferencePipeline):
         return super().forward(features, tokenizer, chunks_metadata, options)
 
 
-def default_cpu_threads(workers: int) -> int:
-    """Share the host's cores among the inference workers, so they don't fight over them."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
-
-
 class FasterWhisperBackend:
     """faster-whisper's WhisperModel, one instance shared by `ASR_WORKERS` threads.
 
@@ -87,7 +81,7 @@ class FasterWhisperBackend:
                 path,
                 device=self.device,
                 compute_type=self.compute_type,
-                cpu_threads=ms.cpu_threads or default_cpu_threads(workers),
+                cpu_threads=cpu_threads(settings),
                 num_workers=workers,
                 download_root=str(ms.cache_dir / "hub"),
                 local_files_only=ms.local_files_only,
