@@ -25,7 +25,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 TINY_CORPUS_WER = 0.20
 TINY_FILE_WER = 0.6
-BASE_CORPUS_WER = 0.08
+# base measured 0.033 (4 mp3s) on one AMD EPYC and 0.093 on another (AVX2, no AVX-512): CTranslate2's
+# int8 kernels differ by CPU. 0.12 stays well under tiny.en's bound and far from a broken decode (~1).
+BASE_CORPUS_WER = 0.12
 
 
 async def test_tiny_en_transcribes_every_container_within_the_wer_bound(tmp_path: Path, speech_dir: Path) -> None:
