@@ -155,7 +155,7 @@ async def _rates() -> dict[str, dict[str, list[float]]]:
         await ctx.__aenter__()
     try:
         for app in apps.values():
-            while app.state.transcriber.state == "loading":  # noqa: ASYNC110 - the model loads in a thread
+            while app.state.engine.state == "loading":  # noqa: ASYNC110 - the model loads in a thread
                 await asyncio.sleep(0.01)
             await _throughput(app, body)  # warm up: imports, first allocations
         modes = list(apps)
@@ -177,7 +177,7 @@ def direct_cost(n: int = 20_000) -> dict[str, float]:
     import logging
 
     from service.formats import Result
-    from service.pipeline import Transcriber
+    from service.pipeline import build_pipeline
 
     metrics = Metrics(CollectorRegistry())
 
@@ -205,15 +205,14 @@ def direct_cost(n: int = 20_000) -> dict[str, float]:
         loop(ObserverMiddleware(noop, null_metrics))
     )
     logging.getLogger("service.access").disabled = False
-    transcriber = Transcriber(Settings(), metrics, None)  # type: ignore[arg-type]
+    pipeline = build_pipeline(Settings(), metrics)
     backend = InstantBackend()
-    transcriber.backend = backend
     result = Result(
         backend.transcribe(np.zeros(16_000 * 5, np.float32), TranscribeOptions()), "instant", "instant", 0.5
     )
     started = time.perf_counter()
     for _ in range(n):
-        transcriber._observe(backend, result, [])
+        pipeline._observe(backend, result, [], 0.5)
     pipeline_us = (time.perf_counter() - started) / n * 1e6
     return {"middleware_us": middleware_us, "pipeline_us": pipeline_us, "total_us": middleware_us + pipeline_us}
 

@@ -20,22 +20,22 @@ from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException
 
 from service.api import health, openai, samples, transcribe
-from service.api.common import FORM_OVERHEAD_BYTES, describe_validation_error
-from service.backends import worker_count
+from service.api.common import FORM_OVERHEAD_BYTES, UPLOAD_ROUTES, describe_validation_error
+from service.body_limit import BodyLimitMiddleware
 from service.config import Settings
 from service.errors import ServiceError
 from service.gpu import GpuCollector
 from service.logs import configure_logging
 from service.metrics import Metrics, worker_pids
 from service.middleware import ObserverMiddleware, request_state
-from service.pipeline import BackendFactory, Transcriber
+from service.pipeline import build_pipeline
 from service.quality.job import QualityJob
-from service.quality.sampler import Sampler
 from service.quality.store import SampleStore
-from service.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from service.engine import BackendFactory
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +55,29 @@ def create_app(
     backend_factory: BackendFactory | None = None,
     metrics: Metrics | None = None,
     restore_counters: bool | None = None,
+    drain_on_signals: bool = False,
 ) -> FastAPI:
     """Build the service. `backend_factory` replaces the engine (tests); `restore_counters`
-    defaults to True except in multiprocess mode, where `serve` restores them once."""
+    defaults to True except in multiprocess mode, where `serve` restores them once;
+    `drain_on_signals` (set by `serve`) drains on SIGTERM before the server stops."""
     settings = settings or Settings()
     configure_logging(settings.server)
     metrics = metrics or Metrics()
     metrics.add_collector(GpuCollector(_own_pids(metrics)))
-    scheduler = Scheduler(worker_count(settings), settings.scheduler.queue_size, metrics)
-    transcriber = Transcriber(settings, metrics, scheduler, backend_factory)
     quality = settings.quality
     store = SampleStore(quality.dir, quality.max_samples, quality.retention_days) if quality.sample_rate > 0 else None
     job = QualityJob(store, metrics, quality.normalizer) if store else None
+    pipeline = build_pipeline(settings, metrics, backend_factory, store)
+    engine, scheduler, decoder, lifecycle = pipeline.engine, pipeline.scheduler, pipeline.decoder, pipeline.lifecycle
     if restore_counters is None:
         restore_counters = not metrics.multiprocess
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await scheduler.start()
-        tasks = [asyncio.create_task(asyncio.to_thread(transcriber.load), name="model-load")]
+        if drain_on_signals:
+            lifecycle.install_signal_handlers()
+        tasks = [asyncio.create_task(asyncio.to_thread(engine.load), name="model-load")]
         if job is not None:
             metrics.quality_enabled.set(1)
             if restore_counters:
@@ -82,13 +86,15 @@ def create_app(
         try:
             yield
         finally:
+            lifecycle.restore_signal_handlers()
             for task in tasks[1:]:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.gather(*tasks[1:], return_exceptions=True)
             await scheduler.stop()
+            decoder.close()
             await tasks[0]  # a load under way finishes before the model is released
-            await asyncio.to_thread(transcriber.close)
+            await asyncio.to_thread(engine.close)
             if metrics.multiprocess:
                 # uvicorn has no child-exit hook: drop this worker's live gauges on the way out.
                 multiprocess.mark_process_dead(os.getpid())
@@ -101,21 +107,32 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.transcriber = transcriber
+    app.state.pipeline = pipeline
+    app.state.engine = engine
+    app.state.lifecycle = lifecycle
     app.state.store = store
     app.state.quality_job = job
-    app.state.sampler = Sampler(quality, store, metrics)
 
-    upload_limit = settings.limits.max_upload_bytes + FORM_OVERHEAD_BYTES
     app.include_router(health.router)
     if settings.server.metrics_port is None:
         app.include_router(health.metrics_router)
-    app.include_router(transcribe.router, max_body_size=upload_limit)
-    app.include_router(openai.router, max_body_size=upload_limit)
-    app.include_router(samples.router, max_body_size=FORM_OVERHEAD_BYTES)
+    app.include_router(transcribe.router)
+    app.include_router(openai.router)
+    app.include_router(samples.router)
     _install_error_handlers(app, metrics)
+    upload_limit = settings.limits.max_upload_bytes + FORM_OVERHEAD_BYTES
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit_for=lambda path: upload_limit if path in UPLOAD_ROUTES else FORM_OVERHEAD_BYTES,
+    )
     app.add_middleware(ObserverMiddleware, metrics=metrics)
     return app
+
+
+def serve_app() -> FastAPI:
+    """The app `serve` runs in each worker process (uvicorn's factory): settings from the
+    environment, draining on SIGTERM."""
+    return create_app(drain_on_signals=True)
 
 
 def _own_pids(metrics: Metrics) -> Any:
@@ -159,10 +176,7 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code, reason = _HTTP_CODES.get(exc.status_code, ("http_error", None))
-        message = str(exc.detail)
-        if exc.status_code == 413:
-            message = "the upload is larger than the limit of ASR_MAX_UPLOAD_BYTES"
-        return reject(request, exc.status_code, code, message, reason, dict(exc.headers or {}))
+        return reject(request, exc.status_code, code, str(exc.detail), reason, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -6,12 +6,20 @@ never needs its whole waveform in memory.
 
 What goes wrong is told apart for the user:
 - not audio at all (no container ffmpeg knows, or no audio stream): UnsupportedMediaError, 415;
-- audio that is corrupt or truncated: AudioDecodeError, 422;
-- longer than allowed: AudioTooLongError, 413, raised as soon as the limit is passed.
+- audio that is corrupt or truncated, or whose header declares an implausible sample rate or
+  channel count: AudioDecodeError, 422;
+- longer than allowed: AudioTooLongError, 413, raised before decoding when the container states
+  its duration exactly, else as soon as the decoded samples pass the limit;
+- the disk that long audio spills to is full: InsufficientStorageError, 507.
+
+Work is bounded by what is decoded, never by what a header claims: a tiny WAV declaring a 1 Hz
+sample rate would otherwise expand into hours of audio, and a few MB of Opus silence can hold
+hours. The caller's cancel event is checked between frames.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import struct
@@ -23,17 +31,35 @@ from typing import IO, TYPE_CHECKING
 import av
 import numpy as np
 
-from service.backends.base import SAMPLE_RATE
-from service.errors import AudioDecodeError, AudioTooLongError, EmptyUploadError, UnsupportedMediaError
+from service.backends.base import SAMPLE_RATE, Cancelled
+from service.errors import (
+    AudioDecodeError,
+    AudioTooLongError,
+    EmptyUploadError,
+    InsufficientStorageError,
+    ServiceError,
+    UnsupportedMediaError,
+    is_disk_full,
+)
 
 if TYPE_CHECKING:
+    import threading
+
     import numpy.typing as npt
 
+log = logging.getLogger(__name__)
 _BYTES_PER_SAMPLE = 4  # float32
 
 # Containers whose header states the exact duration: decoding much less means truncation.
 # (MP3 is left out: without a Xing header ffmpeg estimates its duration from the bitrate.)
 _EXACT_DURATION_FORMATS = ("mov", "mp4", "m4a", "matroska", "webm", "flac")
+# Containers whose declared duration is trusted to refuse overlong audio before decoding it
+# (Ogg's comes from the granule position of its last page, WAV's from its data chunk).
+_TRUSTED_DURATION_FORMATS = (*_EXACT_DURATION_FORMATS, "ogg", "wav")
+# Plausible source audio: telephone-band 4 kHz to 384 kHz studio masters, up to 64 channels.
+MIN_SAMPLE_RATE = 4_000
+MAX_SAMPLE_RATE = 384_000
+MAX_CHANNELS = 64
 
 # Leading bytes of audio containers: a file that starts like one but that ffmpeg cannot
 # open is corrupt (422), not "not audio" (415).
@@ -65,11 +91,20 @@ class DecodedAudio:
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, info: AudioInfo, memory: npt.NDArray[np.float32] | None, file: IO[bytes] | None, n: int):
+    def __init__(
+        self,
+        info: AudioInfo,
+        memory: npt.NDArray[np.float32] | None,
+        file: IO[bytes] | None,
+        n: int,
+        warnings: list[str] | None = None,
+    ):
         self.info = info
         self._memory = memory
         self._file = file
         self.num_samples = n
+        # What the client should know about its upload (e.g. it looks truncated).
+        self.warnings = warnings or []
 
     @classmethod
     def from_array(cls, samples: npt.NDArray[np.float32], info: AudioInfo | None = None) -> DecodedAudio:
@@ -125,12 +160,12 @@ class _SampleSink:
                 self.file.write(c.tobytes())
             self._chunks = []
 
-    def result(self, info: AudioInfo) -> DecodedAudio:
+    def result(self, info: AudioInfo, warnings: list[str]) -> DecodedAudio:
         if self.file is not None:
             self.file.flush()
-            return DecodedAudio(info, None, self.file, self.n)
+            return DecodedAudio(info, None, self.file, self.n, warnings)
         samples = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
-        return DecodedAudio(info, samples.astype(np.float32, copy=False), None, self.n)
+        return DecodedAudio(info, samples.astype(np.float32, copy=False), None, self.n, warnings)
 
     def discard(self) -> None:
         if self.file is not None:
@@ -164,11 +199,37 @@ def decode_audio(
     max_seconds: float,
     spill_seconds: float = 600.0,
     spill_dir: str | None = None,
+    cancel: threading.Event | None = None,
 ) -> DecodedAudio:
     """Decode `source` (a seekable binary file) to 16 kHz mono float32.
 
-    Raises EmptyUploadError, UnsupportedMediaError, AudioDecodeError or AudioTooLongError.
+    Raises EmptyUploadError, UnsupportedMediaError, AudioDecodeError, AudioTooLongError,
+    InsufficientStorageError, or Cancelled when `cancel` is set.
     """
+    try:
+        return _decode(source, max_seconds, spill_seconds, spill_dir, cancel)
+    except (ServiceError, Cancelled):
+        raise
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise InsufficientStorageError(
+                "the service's temporary disk is full, so this audio cannot be decoded now; shorter audio still works"
+            ) from exc
+        raise
+    except Exception as exc:
+        # Only client bytes get here: whatever else PyAV raises on them (a stream without a
+        # codec, a header field out of range) is a file we cannot decode, not a server fault.
+        log.warning("undecodable upload (%s: %s)", type(exc).__name__, exc, exc_info=True)
+        raise AudioDecodeError(f"the audio cannot be decoded ({type(exc).__name__})") from exc
+
+
+def _decode(
+    source: IO[bytes],
+    max_seconds: float,
+    spill_seconds: float,
+    spill_dir: str | None,
+    cancel: threading.Event | None,
+) -> DecodedAudio:
     source.seek(0, os.SEEK_END)
     size = source.tell()
     source.seek(0)
@@ -188,30 +249,60 @@ def decode_audio(
             if not container.streams.audio:
                 raise UnsupportedMediaError(f"the {container.format.name} file has no audio stream")
             stream = container.streams.audio[0]
+            if stream.codec_context is None:
+                raise AudioDecodeError(f"the {container.format.name} file's audio codec is unknown or unsupported")
             info = AudioInfo(
                 container=container.format.name,
                 codec=stream.codec_context.name,
                 source_rate=stream.codec_context.sample_rate or 0,
                 source_channels=stream.codec_context.channels or 0,
             )
-            _decode_stream(container, stream, sink, max_samples=_max_samples(max_seconds))
+            _check_plausible(info.source_rate, info.source_channels)
             declared = container.duration / av.time_base if container.duration else None
+            trusted = any(name in _TRUSTED_DURATION_FORMATS for name in info.container.split(","))
+            if trusted and declared is not None and declared > max_seconds + 1.0:
+                raise AudioTooLongError(
+                    f"the audio lasts {declared:.0f} s, longer than the limit of {max_seconds:.0f} s"
+                )
+            _decode_stream(container, stream, sink, _max_samples(max_seconds), cancel)
         if sink.n == 0:
             raise AudioDecodeError("no audio samples could be decoded from the upload")
         decoded_seconds = sink.n / SAMPLE_RATE
         _check_complete(info, declared, decoded_seconds, head, size)
-        return sink.result(info)
+        warnings = _ogg_truncation_warning(source, size, decoded_seconds) if info.container == "ogg" else []
+        return sink.result(info, warnings)
     except BaseException:
         sink.discard()
         raise
 
 
+def _check_plausible(rate: int, channels: int) -> None:
+    """Raise AudioDecodeError for a sample rate or channel count no real recording has (0: unknown)."""
+    if rate and not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioDecodeError(
+            f"the audio declares a sample rate of {rate} Hz; accepted are {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz"
+        )
+    if channels > MAX_CHANNELS:
+        raise AudioDecodeError(f"the audio declares {channels} channels; at most {MAX_CHANNELS} are accepted")
+
+
 def _decode_stream(
-    container: av.container.InputContainer, stream: av.AudioStream, sink: _SampleSink, max_samples: int
+    container: av.container.InputContainer,
+    stream: av.AudioStream,
+    sink: _SampleSink,
+    max_samples: int,
+    cancel: threading.Event | None,
 ) -> None:
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    checked = False
     try:
         for frame in container.decode(stream):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            if not checked:
+                # What the decoder really produces, where the header said nothing (raw streams).
+                _check_plausible(frame.sample_rate, len(frame.layout.channels))
+                checked = True
             frame.pts = None  # the resampler needs no timestamps and rejects odd ones
             for out in resampler.resample(frame):
                 sink.add(_mono(out))
@@ -249,6 +340,35 @@ def _check_complete(info: AudioInfo, declared: float | None, decoded: float, hea
         raise AudioDecodeError(
             f"the audio is truncated: the file declares {declared:.1f} s but only {decoded:.1f} s could be decoded"
         )
+
+
+def _ogg_truncation_warning(source: IO[bytes], size: int, decoded_seconds: float) -> list[str]:
+    """A warning when an Ogg file does not end with a complete end-of-stream page.
+
+    Ogg states no total length up front, so a cut-off upload decodes cleanly up to the cut;
+    only its tail tells: the last page must be whole and carry the end-of-stream flag (0x04).
+    """
+    tail_start = max(0, size - 70_000)  # a page is at most 65,307 bytes
+    source.seek(tail_start)
+    tail = source.read()
+    source.seek(0)
+    at = tail.rfind(b"OggS")
+    complete = False
+    while at != -1:
+        header_end = at + 27
+        if header_end <= len(tail) and tail[at + 4] == 0:  # stream structure version 0
+            count = tail[at + 26]
+            if header_end + count <= len(tail):
+                page_end = header_end + count + sum(tail[header_end : header_end + count])
+                complete = page_end == len(tail) and bool(tail[at + 5] & 0x04)
+            break
+        at = tail.rfind(b"OggS", 0, at)
+    if complete:
+        return []
+    return [
+        f"the Ogg file ends without its end-of-stream page, so it may be truncated: "
+        f"the transcript covers the {decoded_seconds:.1f} s that could be decoded"
+    ]
 
 
 def load_file(path: str | os.PathLike[str], max_seconds: float = float("inf")) -> DecodedAudio:

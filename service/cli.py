@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import json
 import logging
@@ -14,10 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.config import ServerSettings, Settings, configuration_markdown
-from service.errors import ModelLoadError, ServiceError
+from service.errors import ServiceError
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import AsyncIterator
+
+    from service.formats import Result
+    from service.pipeline import Pipeline, RequestOptions
 
 log = logging.getLogger("service.cli")
 AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".webm", ".mp4", ".aac", ".wma", ".aiff"}
@@ -42,18 +48,20 @@ def serve(args: argparse.Namespace) -> int:
         "port": server.port,
         "log_config": None,
         "access_log": False,  # the service logs one line per request itself
-        "timeout_graceful_shutdown": 30,
+        # The app drains first (ASR_SHUTDOWN_GRACE_SECONDS, service.lifecycle); by the time uvicorn
+        # shuts down only the answers to unfinished requests are left to send.
+        "timeout_graceful_shutdown": 5,
     }
     if server.processes == 1:
         from service.app import create_app
 
-        app = create_app(settings)
+        app = create_app(settings, drain_on_signals=True)
         if server.metrics_port is not None:
             start_metrics_server(app.state.metrics, server)
         uvicorn.run(app, **common)
         return 0
     _prepare_multiprocess(settings)
-    uvicorn.run("service.app:create_app", factory=True, workers=server.processes, **common)
+    uvicorn.run("service.app:serve_app", factory=True, workers=server.processes, **common)
     return 0
 
 
@@ -122,41 +130,59 @@ def start_metrics_server(metrics: Any, server: ServerSettings) -> None:
 # ---- transcribe / evaluate --------------------------------------------------------------
 
 
-def _load_backend(settings: Settings) -> Any:
-    from service.backends import load_backend
+@contextlib.asynccontextmanager
+async def local_pipeline(settings: Settings) -> AsyncIterator[Pipeline]:
+    """The service's pipeline in this process, without HTTP: what `transcribe` and `evaluate` use.
 
+    Exits with status 2 and the reason when the model cannot be loaded.
+    """
+    from service.metrics import Metrics
+    from service.pipeline import build_pipeline
+
+    pipeline = build_pipeline(settings, Metrics())
+    await asyncio.to_thread(pipeline.engine.load)
+    if pipeline.engine.state != "ready":
+        print(f"error: {pipeline.engine.error}", file=sys.stderr)
+        raise SystemExit(2)
+    await pipeline.scheduler.start()
     try:
-        return load_backend(settings)
-    except ModelLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _transcribe_file(backend: Any, settings: Settings, path: Path, options: Any) -> Any:
-    from service.audio import load_file
-    from service.windowing import transcribe_windowed
-
-    audio = load_file(path, settings.limits.max_audio_seconds)
-    try:
-        return transcribe_windowed(backend, audio, options, settings.decode.long_audio_window_seconds)
+        yield pipeline
     finally:
-        audio.close()
+        await pipeline.scheduler.stop()
+        pipeline.decoder.close()
+        pipeline.engine.close()
+
+
+async def transcribe_file(pipeline: Pipeline, path: Path, options: RequestOptions) -> Result:
+    """One file through the pipeline; raises ServiceError (bad audio, ...) or OSError (unreadable)."""
+    from service.decoding import EncodedAudio
+    from service.pipeline import Work
+
+    fh = await asyncio.to_thread(open, path, "rb")
+    try:
+        outcome = await pipeline.transcribe(Work(options, EncodedAudio(fh)))
+    finally:
+        fh.close()
+    outcome.audio.close()
+    return outcome.result
 
 
 def transcribe(args: argparse.Namespace) -> int:
-    import time
-
-    from tqdm import tqdm
-
-    from service.backends.base import TranscribeOptions
-    from service.formats import Result, render_text, service_json
-    from service.languages import normalize_language
     from service.logs import configure_logging
 
     settings = Settings()
     configure_logging(settings.server.model_copy(update={"log_level": "WARNING"}))
-    backend = _load_backend(settings)
-    options = TranscribeOptions(
+    return asyncio.run(_transcribe_files(settings, args))
+
+
+async def _transcribe_files(settings: Settings, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from service.formats import render_text, service_json
+    from service.languages import normalize_language
+    from service.pipeline import RequestOptions
+
+    options = RequestOptions(
         language=normalize_language(args.language), task=args.task, word_timestamps=args.word_timestamps
     )
     out_dir = Path(args.output_dir) if args.output_dir else None
@@ -164,37 +190,31 @@ def transcribe(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
     files = [Path(f) for f in args.files]
-    for path in tqdm(files, disable=len(files) < 2, unit="file", file=sys.stderr):
-        started = time.perf_counter()
-        try:
-            transcript = _transcribe_file(backend, settings, path, options)
-        except (ServiceError, OSError) as exc:
-            failures += 1
-            print(f"error: {path}: {getattr(exc, 'message', exc)}", file=sys.stderr)
-            continue
-        result = Result(transcript, backend.name, backend.model, time.perf_counter() - started)
-        if args.format == "json":
-            text = json.dumps({"file": str(path), **service_json(result, verbose=False)}, ensure_ascii=False) + "\n"
-        else:
-            text = render_text(result, args.format)
-        if out_dir:
-            (out_dir / f"{path.stem}.{args.format}").write_text(text, encoding="utf-8")
-        else:
-            if len(files) > 1 and args.format != "json":
-                sys.stdout.write(f"==> {path} <==\n")
-            sys.stdout.write(text)
-            sys.stdout.flush()
-    backend.close()
+    async with local_pipeline(settings) as pipeline:
+        for path in tqdm(files, disable=len(files) < 2, unit="file", file=sys.stderr):
+            try:
+                result = await transcribe_file(pipeline, path, options)
+            except (ServiceError, OSError) as exc:
+                failures += 1
+                print(f"error: {path}: {getattr(exc, 'message', exc)}", file=sys.stderr)
+                continue
+            if args.format == "json":
+                body = {"file": str(path), **service_json(result, verbose=False)}
+                text = json.dumps(body, ensure_ascii=False) + "\n"
+            else:
+                text = render_text(result, args.format)
+            if out_dir:
+                (out_dir / f"{path.stem}.{args.format}").write_text(text, encoding="utf-8")
+            else:
+                if len(files) > 1 and args.format != "json":
+                    sys.stdout.write(f"==> {path} <==\n")
+                sys.stdout.write(text)
+                sys.stdout.flush()
     return 1 if failures else 0
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from service.backends.base import TranscribeOptions
-    from service.languages import normalize_language
     from service.logs import configure_logging
-    from service.quality.scoring import score
 
     settings = Settings()
     configure_logging(settings.server.model_copy(update={"log_level": "WARNING"}))
@@ -204,21 +224,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if not pairs:
         print(f"error: no audio file in {folder} has a NAME.txt reference beside it", file=sys.stderr)
         return 2
-    backend = _load_backend(settings)
-    totals: dict[str, dict[str, Any]] = defaultdict(lambda: {"files": 0, "errors": 0, "units": 0, "unit": "word"})
-    for audio_path, ref_path in tqdm(pairs, disable=len(pairs) < 2, unit="file", file=sys.stderr):
-        lang_file = audio_path.with_suffix(".lang")
-        language = normalize_language(args.language or (lang_file.read_text().strip() if lang_file.is_file() else None))
-        transcript = _transcribe_file(backend, settings, audio_path, TranscribeOptions(language=language))
-        result = score(
-            ref_path.read_text(encoding="utf-8"), transcript.text, transcript.language, settings.quality.normalizer
-        )
-        row = totals[transcript.language]
-        row["files"] += 1
-        row["errors"] += result.errors
-        row["units"] += result.reference_units
-        row["unit"] = result.unit
-    backend.close()
+    totals = asyncio.run(_evaluate_pairs(settings, args, pairs))
     rows = [
         {
             "language": lang,
@@ -238,6 +244,33 @@ def evaluate(args: argparse.Namespace) -> int:
         rate = f"{r['rate'] * 100:.2f}%" if r["rate"] is not None else "n/a"
         print(f"{r['language']:<9}{r['files']:>6}  {r['metric']:<6}{r['errors']:>8}{r['reference_units']:>11}{rate:>9}")
     return 0
+
+
+async def _evaluate_pairs(
+    settings: Settings, args: argparse.Namespace, pairs: list[tuple[Path, Path]]
+) -> dict[str, dict[str, Any]]:
+    from tqdm import tqdm
+
+    from service.languages import normalize_language
+    from service.pipeline import RequestOptions
+    from service.quality.scoring import score
+
+    totals: dict[str, dict[str, Any]] = defaultdict(lambda: {"files": 0, "errors": 0, "units": 0, "unit": "word"})
+    async with local_pipeline(settings) as pipeline:
+        for audio_path, ref_path in tqdm(pairs, disable=len(pairs) < 2, unit="file", file=sys.stderr):
+            lang_file = audio_path.with_suffix(".lang")
+            code = args.language or (lang_file.read_text().strip() if lang_file.is_file() else None)
+            result = await transcribe_file(pipeline, audio_path, RequestOptions(language=normalize_language(code)))
+            transcript = result.transcript
+            scored = score(
+                ref_path.read_text(encoding="utf-8"), transcript.text, transcript.language, settings.quality.normalizer
+            )
+            row = totals[transcript.language]
+            row["files"] += 1
+            row["errors"] += scored.errors
+            row["units"] += scored.reference_units
+            row["unit"] = scored.unit
+    return totals
 
 
 # ---- samples ----------------------------------------------------------------------------

@@ -106,6 +106,13 @@ class SchedulerSettings(BaseSettings):
         "(shared among ASR_PROCESSES), or 1 on a GPU, which batches instead.",
     )
     queue_size: int = Field(16, ge=0, le=10_000, description="Requests that may wait for a worker (429 beyond).")
+    decode_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Uploads decoded at once per process; 0: one per CPU core (shared among ASR_PROCESSES). "
+        "Others wait their turn, holding their place in the queue.",
+    )
 
 
 class ServerSettings(BaseSettings):
@@ -126,6 +133,12 @@ class ServerSettings(BaseSettings):
     )
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for the sample review API (the API is off when unset)."
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM, how long requests already admitted may run on (readiness turns 503 at once); "
+        "what is left then is answered 503.",
     )
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
     log_file: Path | None = Field(None, description="Also append logs to this file.")
@@ -153,8 +166,8 @@ class QualitySettings(BaseSettings):
     interval_seconds: float = Field(300.0, gt=0, description="How often the scoring job runs in the service.")
     normalizer: Literal["auto", "basic", "whisper"] = Field(
         "auto",
-        description="Text normalisation before scoring: `auto` uses Whisper's English normaliser for English "
-        "when openai-whisper is installed, else the basic one.",
+        description="Text normalisation before scoring: `auto` and `whisper` use Whisper's English normaliser "
+        "for English (the torch-free whisper-normalizer package), `basic` only case, punctuation and spacing.",
     )
 
 

@@ -6,6 +6,7 @@ The mapping lives here and only here: routers raise, app.py's handlers render
 
 from __future__ import annotations
 
+import errno
 from typing import ClassVar
 
 # Every value of asr_requests_rejected_total{reason}; pre-created at zero so alerts see them.
@@ -19,6 +20,9 @@ REJECTION_REASONS = (
     "backend_error",
     "unauthorized",
     "not_ready",
+    "client_disconnected",
+    "insufficient_storage",
+    "shutting_down",
 )
 
 
@@ -143,6 +147,57 @@ class NotReadyError(ServiceError):
     status = 503
     code = "not_ready"
     reason = "not_ready"
+
+
+class ClientGoneError(ServiceError):
+    """The client hung up (mid-upload, queued or while its audio was transcribed): 499, as nginx logs
+    it. Nobody reads the answer; the status exists for the access log and the metrics."""
+
+    status = 499
+    code = "client_disconnected"
+    reason = "client_disconnected"
+
+    def __init__(self, message: str = "the client closed the connection before the answer was ready") -> None:
+        super().__init__(message)
+
+
+class ShuttingDownError(ServiceError):
+    """The service is draining for shutdown: new work is refused, unfinished work stopped (503)."""
+
+    status = 503
+    code = "shutting_down"
+    reason = "shutting_down"
+
+    def __init__(self, message: str = "the service is shutting down; retry on another instance") -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
+class InsufficientStorageError(ServiceError):
+    """The disk that uploads and long audio spill to is full (507); small requests still work."""
+
+    status = 507
+    code = "insufficient_storage"
+    reason = "insufficient_storage"
+
+
+def shown(value: str, limit: int = 40) -> str:
+    """A client's value as an error message may echo it: quoted, and cut to `limit` characters."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an OSError means "no space left" (ENOSPC) or "quota exceeded" (EDQUOT)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def error_for_cancellation(reason: str | None, time_limit: float | None = None) -> ServiceError:
+    """The answer for work stopped by a CancelToken with `reason` (service.cancellation)."""
+    if reason == "client_disconnected":
+        return ClientGoneError()
+    if reason == "shutting_down":
+        return ShuttingDownError("the service shut down before the request finished; retry on another instance")
+    limit = f" {time_limit:.0f} s" if time_limit is not None else ""
+    return RequestTimeoutError(f"the request took longer than its{limit} limit and was stopped")
 
 
 class ModelLoadError(Exception):

@@ -21,6 +21,11 @@ MEDIA_TYPES = {
 }
 
 
+# Below this much audio a real-time factor says more about fixed costs than about speed (a
+# one-sample file once reported an RTF of 7735): it is reported as null and not measured.
+MIN_RTF_AUDIO_SECONDS = 1.0
+
+
 @dataclass
 class Result:
     """A transcript with what the service measured and noticed about it."""
@@ -32,8 +37,10 @@ class Result:
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def rtf(self) -> float:
-        return self.processing_seconds / self.transcript.duration if self.transcript.duration else 0.0
+    def rtf(self) -> float | None:
+        """Engine seconds per audio second; None for audio shorter than MIN_RTF_AUDIO_SECONDS."""
+        duration = self.transcript.duration
+        return self.processing_seconds / duration if duration >= MIN_RTF_AUDIO_SECONDS else None
 
 
 def _timestamp(seconds: float, separator: str) -> str:
@@ -88,7 +95,7 @@ def service_json(result: Result, verbose: bool) -> dict[str, Any]:
         "language_probability": round(t.language_probability, 4),
         "duration": round(t.duration, 3),
         "processing_seconds": round(result.processing_seconds, 3),
-        "rtf": round(result.rtf, 4),
+        "rtf": round(result.rtf, 4) if result.rtf is not None else None,
         "segments": [_segment_json(s, verbose) for s in t.segments],
         "backend": result.backend,
         "model": result.model,

@@ -2,7 +2,9 @@
 
 Pure ASGI (not BaseHTTPMiddleware) so that it adds no task or stream copy per request. The
 route label is the matched route's template, read from the scope after routing; paths that
-match no route share one label value, so random URLs add no series.
+match no route share one label value, and so do methods outside the standard set, so random
+URLs and made-up methods add no series. A client that hangs up before its answer is recorded
+as 499 (nginx's "client closed request"), whatever the app then tried to send.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ log = logging.getLogger("service.access")
 
 # Probes and scrapes are not traffic: they would drown the request rate and latency.
 UNCOUNTED_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Methods that label metrics as themselves; any other becomes "other".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+# A caller's X-Request-ID is used only when short and plain: it goes into logs, and into an
+# OpenMetrics exemplar, whose labels may hold 128 characters in all ("request_id" takes 10).
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+CLIENT_CLOSED_REQUEST = 499
 # Request ids need to be unique, not secret: one urandom seed per process instead of a
 # getrandom syscall per request (uuid4), which costs ~50 µs on some VMs.
 _IDS = random.Random(os.urandom(32))
@@ -57,19 +64,27 @@ class ObserverMiddleware:
         header = (b"x-request-id", request_id.encode())
         counted = scope["path"] not in UNCOUNTED_ROUTES
         status = 500
-        finished = False
+        started = finished = False
 
         def finish() -> None:
             nonlocal finished
             finished = True
             if counted:
                 self.metrics.http_in_flight.dec()
-                self._record(scope, state, status, time.perf_counter() - start)
+                gone = state.get("client_gone") and not started
+                self._record(scope, state, CLIENT_CLOSED_REQUEST if gone else status, time.perf_counter() - start)
+
+        async def receive_wrapper() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not started:
+                state["client_gone"] = True
+            return message
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started = not state.get("client_gone")
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
             # The clock stops at the last body byte: background tasks (the quality sampler)
@@ -80,15 +95,15 @@ class ObserverMiddleware:
         if counted:
             self.metrics.http_in_flight.inc()
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
         finally:
             if not finished:
                 finish()
 
     def _record(self, scope: Scope, state: dict[str, Any], status: int, elapsed: float) -> None:
         route = _route_template(scope)
-        # An unmatched path may carry any method string: keep that label bounded too.
-        method = scope["method"] if route != UNMATCHED_ROUTE else "other"
+        # Any method string can be sent: keep that label bounded too.
+        method = scope["method"] if route != UNMATCHED_ROUTE and scope["method"] in KNOWN_METHODS else "other"
         self.metrics.http_requests.labels(method, route, str(status)).inc()
         self.metrics.http_duration.labels(method, route).observe(elapsed, exemplar={"request_id": state["request_id"]})
         _log_request(scope, state, route, status, elapsed)

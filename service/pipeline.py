@@ -1,8 +1,15 @@
-"""The work behind a transcription request, callable without a server.
+"""The one way audio becomes a transcript, whoever asks: HTTP routes, the CLI, jobs and streams.
 
-Transcriber owns the engine's lifecycle (load in the background, warm up, report ready)
-and runs one request: check options against the engine's capabilities, decode off the
-event loop, wait for a worker, transcribe, measure, look for hallucinations.
+`Pipeline.transcribe(work)` runs every stage in order:
+  admission  the engine is ready, the service is not draining, an interactive request gets an
+             admission ticket (429 when none is free) that it holds to the end;
+  checks     options against the engine's capabilities (422);
+  decode     on the bounded decode pool (400/413/415/422/507);
+  schedule   on a worker, by priority, with a time limit (504) and the caller's cancel token
+             (499 when the client hung up, 503 when the service drains);
+  observe    hallucination guard, metrics, warnings.
+Callers build a `Work` and differ only in what they fill in; sampling for the quality loop
+happens after the answer has gone out (`keep_sample`).
 """
 
 from __future__ import annotations
@@ -10,39 +17,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from service.audio import DecodedAudio, decode_audio
-from service.backends import load_backend
-from service.backends.base import Backend, Cancelled, TranscribeOptions, Transcript
-from service.errors import (
-    BackendError,
-    BadRequestError,
-    NotReadyError,
-    RequestTimeoutError,
-    ServiceError,
-    UnsupportedFeatureError,
-)
-from service.formats import Result
+from service.backends.base import Backend, Cancelled, Segment, TranscribeOptions, Transcript
+from service.cancellation import CancelToken
+from service.errors import BackendError, BadRequestError, ServiceError, UnsupportedFeatureError, shown
+from service.formats import MIN_RTF_AUDIO_SECONDS, Result
 from service.gpu import is_out_of_memory
 from service.languages import language_label
+from service.outcome import Outcome
 from service.quality import hallucination
+from service.scheduler import Preempted, Priority
 from service.windowing import transcribe_windowed
 
 if TYPE_CHECKING:
     import threading
+    from collections.abc import Callable
 
+    from service.audio import DecodedAudio
     from service.config import Settings
+    from service.decoding import AudioSource, DecodePool
+    from service.engine import BackendFactory, Engine
+    from service.lifecycle import Lifecycle
     from service.metrics import Metrics
+    from service.quality.sampler import Sampler
+    from service.quality.store import SampleStore
     from service.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
-
-BackendFactory = Callable[["Settings"], Backend]
 
 
 @dataclass(frozen=True)
@@ -59,74 +62,55 @@ class RequestOptions:
 
 
 @dataclass
-class Outcome:
-    """A finished request: the result to render and the audio (for the quality sampler)."""
+class Work:
+    """One transcription to run: what to transcribe, how, for whom."""
 
-    result: Result
-    audio: DecodedAudio
-    flags: list[str]
+    options: RequestOptions
+    source: AudioSource
+    priority: Priority = Priority.INTERACTIVE
+    token: CancelToken = field(default_factory=CancelToken)
+    # Called from the worker thread with each segment as the engine finishes it (streaming).
+    on_segment: Callable[[Segment], None] | None = None
+    # False for work whose audio is counted elsewhere (a live stream's partial hypotheses).
+    observe: bool = True
 
 
-class Transcriber:
+class Pipeline:
     def __init__(
-        self, settings: Settings, metrics: Metrics, scheduler: Scheduler, backend_factory: BackendFactory | None = None
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        engine: Engine,
+        scheduler: Scheduler,
+        decoder: DecodePool,
+        lifecycle: Lifecycle,
+        sampler: Sampler,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.engine = engine
         self.scheduler = scheduler
-        self._factory = backend_factory or load_backend
-        self.backend: Backend | None = None
-        self.state = "loading"
-        self.error: str | None = None
+        self.decoder = decoder
+        self.lifecycle = lifecycle
+        self.sampler = sampler
 
-    # ---- lifecycle -------------------------------------------------------------------
+    # ---- admission and checks ---------------------------------------------------------
 
-    def load(self) -> None:
-        """Load the engine and run a short warm-up inference; blocking, run in a thread.
-
-        Leaves state "ready", or "failed" with `error` set; never raises.
-        """
-        started = time.perf_counter()
-        try:
-            backend = self._factory(self.settings)
-            warm = np.random.default_rng(0).normal(0.0, 0.01, 16_000).astype(np.float32)
-            backend.transcribe(warm, TranscribeOptions(language=_warmup_language(backend)))
-        except Exception as exc:
-            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
-            log.error("model failed to load: %s", self.error)
-            return
-        self.backend = backend
-        self.metrics.model_info.labels(backend.name, backend.model, backend.device, backend.compute_type).set(1)
-        self.metrics.model_load_seconds.set(time.perf_counter() - started)
-        observe = getattr(backend, "set_batch_observer", None)
-        if observe is not None:
-            observe(self.metrics.batch_size.labels(backend.name, backend.model).observe)
-        self.state = "ready"
-        self.metrics.ready.set(1)
-        log.info("model %s (%s) ready in %.1f s", backend.model, backend.name, time.perf_counter() - started)
-
-    def close(self) -> None:
-        if self.backend is not None:
-            self.backend.close()
-            self.backend = None
-        self.metrics.ready.set(0)
-
-    def ready_backend(self) -> Backend:
-        """Return the loaded engine; raises NotReadyError while loading or after a failure."""
-        if self.backend is None:
-            detail = f"failed to load: {self.error}" if self.state == "failed" else "is still loading"
-            raise NotReadyError(f"the model {detail}")
-        return self.backend
-
-    # ---- one request -----------------------------------------------------------------
+    def check_admission(self) -> None:
+        """Raise now, before an upload is read, what admission would raise after: 503 or 429."""
+        self.engine.ready_backend()
+        self.lifecycle.check_accepting()
+        self.scheduler.check_room()
 
     def check_options(self, request: RequestOptions) -> TranscribeOptions:
         """Return engine options for `request`; raises BadRequestError / UnsupportedFeatureError."""
-        backend = self.ready_backend()
+        backend = self.engine.ready_backend()
         caps = backend.capabilities
         if request.language is not None and request.language not in caps.languages:
             known = ", ".join(sorted(caps.languages))
-            raise BadRequestError(f"unknown or unsupported language {request.language!r}; this model knows: {known}")
+            raise BadRequestError(
+                f"unknown or unsupported language {shown(request.language)}; this model knows: {known}"
+            )
         wanted = {
             "translation": (request.task == "translate", caps.translate),
             "word timestamps": (request.word_timestamps, caps.word_timestamps),
@@ -148,45 +132,68 @@ class Transcriber:
             temperature=request.temperature,
         )
 
-    async def decode(self, upload: IO[bytes]) -> DecodedAudio:
-        """Decode an upload in a thread (it is CPU work); raises the audio errors (4xx)."""
+    def timeout_for(self, duration: float) -> float:
         limits = self.settings.limits
-        return await asyncio.to_thread(
-            decode_audio,
-            upload,
-            max_seconds=limits.max_audio_seconds,
-            spill_seconds=self.settings.decode.long_audio_window_seconds,
-        )
+        return limits.request_timeout_seconds + duration * limits.timeout_per_audio_second
 
-    def timeout_for(self, audio: DecodedAudio) -> float:
-        limits = self.settings.limits
-        return limits.request_timeout_seconds + audio.duration * limits.timeout_per_audio_second
+    # ---- the one entry ------------------------------------------------------------------
 
-    async def run(self, audio: DecodedAudio, options: TranscribeOptions) -> Outcome:
-        """Queue and transcribe decoded audio.
+    async def transcribe(self, work: Work) -> Outcome:
+        """Run `work` through every stage; the caller closes the outcome's audio (keep_sample does).
 
-        Raises QueueFullError, RequestTimeoutError, BackendError (engine failure).
+        Raises a ServiceError subclass for everything a client should hear (4xx/5xx), and
+        Preempted for IDLE work that gave its worker away.
         """
-        backend = self.ready_backend()
+        backend = self.engine.ready_backend()
+        self.lifecycle.check_accepting()
+        options = self.check_options(work.options)
+        ticket = self.scheduler.admit() if work.priority == Priority.INTERACTIVE else None
+        try:
+            with self.lifecycle.track(work.token):
+                admitted = time.perf_counter()
+                audio = await self.decoder.decode(work.source, work.token)
+                try:
+                    transcript, seconds = await self._schedule(backend, audio, options, work)
+                    flags = await asyncio.to_thread(hallucination.inspect, transcript, audio)
+                except BaseException:
+                    audio.close()
+                    raise
+                result = Result(
+                    transcript, backend.name, backend.model, seconds, warnings=[*_warnings(flags), *audio.warnings]
+                )
+                if work.observe:
+                    self._observe(backend, result, flags, time.perf_counter() - admitted)
+                return Outcome(result, audio, flags)
+        finally:
+            if ticket is not None:
+                ticket.release()
+
+    async def _schedule(
+        self, backend: Backend, audio: DecodedAudio, options: TranscribeOptions, work: Work
+    ) -> tuple[Transcript, float]:
         window = self.settings.decode.long_audio_window_seconds
 
         def job(cancel: threading.Event) -> tuple[Transcript, float]:
             started = time.perf_counter()
-            transcript = transcribe_windowed(backend, audio, options, window, cancel)
+            transcript = transcribe_windowed(backend, audio, options, window, cancel, work.on_segment)
             return transcript, time.perf_counter() - started
 
         try:
-            transcript, seconds = await self.scheduler.submit(job, self.timeout_for(audio))
-        except Cancelled:
-            raise RequestTimeoutError("the request was cancelled before it finished") from None
-        except ServiceError:  # queue full, timeout: already what the client should hear
+            return await self.scheduler.run(
+                job, token=work.token, priority=work.priority, time_limit=self.timeout_for(audio.duration)
+            )
+        except (ServiceError, Preempted):  # queue full, timeout, client gone: already the answer
             raise
+        except Cancelled:
+            raise BackendError("the engine stopped before it finished") from None
         except Exception as exc:
             raise self._backend_failure(exc) from exc
-        flags = await asyncio.to_thread(hallucination.inspect, transcript, audio)
-        result = Result(transcript, backend.name, backend.model, seconds, warnings=_warnings(flags))
-        self._observe(backend, result, flags)
-        return Outcome(result, audio, flags)
+
+    async def keep_sample(self, outcome: Outcome, request_id: str | None = None) -> str | None:
+        """Offer the outcome to the quality sampler (after the answer has gone out); frees its audio."""
+        return await self.sampler.offer(outcome, request_id)
+
+    # ---- observe ------------------------------------------------------------------------
 
     def _backend_failure(self, exc: Exception) -> BackendError:
         if is_out_of_memory(exc):
@@ -196,15 +203,17 @@ class Transcriber:
         log.exception("engine failed")
         return BackendError(f"the engine failed: {type(exc).__name__}")
 
-    def _observe(self, backend: Backend, result: Result, flags: list[str]) -> None:
+    def _observe(self, backend: Backend, result: Result, flags: list[str], elapsed: float) -> None:
         m, t = self.metrics, result.transcript
         labels = (backend.name, backend.model, language_label(t.language))
         m.audio_duration.labels(*labels).observe(t.duration)
         m.audio_processed.labels(*labels).inc(t.duration)
         m.inference_duration.labels(*labels).observe(result.processing_seconds)
         m.inference_seconds.labels(*labels).inc(result.processing_seconds)
-        if t.duration > 0:
+        if result.rtf is not None:
             m.rtf.labels(backend.name, backend.model).observe(result.rtf)
+        if t.duration >= MIN_RTF_AUDIO_SECONDS:
+            m.request_rtf.labels(backend.name, backend.model).observe(elapsed / t.duration)
         for seg in t.segments:
             if seg.avg_logprob is not None:
                 m.segment_logprob.labels(backend.name, backend.model).observe(seg.avg_logprob)
@@ -220,16 +229,44 @@ class Transcriber:
             m.hallucinations.labels(kind).inc()
 
 
-def _warmup_language(backend: Backend) -> str | None:
-    languages = backend.capabilities.languages
-    return "en" if "en" in languages else (min(languages) if languages else None)
-
-
 _WARNING_TEXT = {
     "repetition": "suspected hallucination: the text repeats itself",
     "silence": "suspected hallucination: text over near-silent audio",
     "phantom_phrase": "suspected hallucination: a stock phrase over near-silent audio",
 }
+
+
+def build_pipeline(
+    settings: Settings,
+    metrics: Metrics,
+    backend_factory: BackendFactory | None = None,
+    store: SampleStore | None = None,
+) -> Pipeline:
+    """Wire a pipeline from settings: engine, scheduler, decode pool, lifecycle, sampler.
+
+    Start it with `pipeline.scheduler.start()` and `engine.load()` (the app's lifespan does).
+    """
+    from service.backends import decode_workers, worker_count
+    from service.decoding import DecodePool
+    from service.engine import Engine
+    from service.lifecycle import Lifecycle
+    from service.quality.sampler import Sampler
+    from service.scheduler import Scheduler
+
+    return Pipeline(
+        settings,
+        metrics,
+        Engine(settings, metrics, backend_factory),
+        Scheduler(worker_count(settings), settings.scheduler.queue_size, metrics),
+        DecodePool(
+            decode_workers(settings),
+            settings.limits.max_audio_seconds,
+            settings.decode.long_audio_window_seconds,
+            metrics,
+        ),
+        Lifecycle(settings.server.shutdown_grace_seconds),
+        Sampler(settings.quality, store, metrics),
+    )
 
 
 def _warnings(flags: list[str]) -> list[str]:

@@ -1,27 +1,41 @@
-"""Admission control: a bounded queue in front of a fixed number of inference workers.
+"""Admission control and the inference workers: who runs next, and who is refused.
 
-Requests wait in an asyncio queue of `queue_size`; `workers` tasks take them one at a time
-and run them in a thread pool of the same size, so inference never blocks the event loop
-and never runs more than `workers` at once. A full queue refuses at once (429 with a
-Retry-After estimated from recent service times); a request past its deadline gets 504
-and its cancel event is set, so a queued job is skipped and a running one stops at its
-next segment.
+`workers` asyncio tasks take work from per-priority queues and run it in a thread pool of the
+same size, so inference never blocks the event loop and never runs more than `workers` at once.
+
+Priorities (lower runs first), and what keeps each class from crowding out the others:
+- INTERACTIVE: a client waits on the line (file requests, a live stream's finished turn). These
+  hold an admission ticket from decoding to the answer; `workers + queue_size` tickets exist, and
+  when none is free the request is refused at once (429 with a Retry-After estimated from recent
+  service times). Decoding counts: a request being decoded holds its ticket.
+- STREAM: live partial hypotheses; they hold at most `workers - 1` workers (1 with one worker).
+- BATCH: job windows; at most `workers - 1` workers, and, so that jobs are not starved under a
+  steady stream of requests, `batch_share` of the dispatches while both kinds wait.
+- IDLE: background scoring; only when nothing else waits, one worker at most, and cancelled
+  (reason "preempted") when interactive work arrives and no worker is free.
+
+Every piece of work carries a CancelToken: past its time limit, when its client hangs up or when
+the service drains, the token is cancelled; a queued job is then skipped and a running one stops
+at its next segment, while the caller gets its answer at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import math
-import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from service.errors import QueueFullError, RequestTimeoutError
+from service.cancellation import PREEMPTED, SHUTTING_DOWN, TIMEOUT, CancelToken
+from service.errors import QueueFullError, error_for_cancellation
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable
 
     from service.metrics import Metrics
@@ -29,35 +43,73 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+class Priority(enum.IntEnum):
+    INTERACTIVE = 0
+    STREAM = 1
+    BATCH = 2
+    IDLE = 3
+
+
+class Preempted(Exception):
+    """IDLE work gave its worker to interactive work; the caller may try again later."""
+
+
 @dataclass
 class _Job(Generic[T]):
     fn: Callable[[threading.Event], T]
     future: asyncio.Future[T]
+    token: CancelToken
+    priority: Priority
     enqueued: float = field(default_factory=time.monotonic)
-    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class Ticket:
+    """A place among the interactive requests the service admits at once; release it when done."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler: Scheduler | None = scheduler
+
+    def release(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler._release_ticket()
+            self._scheduler = None
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class Scheduler:
-    """Run blocking jobs on `workers` threads behind a queue of `queue_size` waiting places."""
+    """Run blocking jobs on `workers` threads, by priority, behind `queue_size` waiting places."""
 
-    def __init__(self, workers: int, queue_size: int, metrics: Metrics) -> None:
+    def __init__(self, workers: int, queue_size: int, metrics: Metrics, batch_share: float = 0.25) -> None:
         self.workers = workers
         self.queue_size = queue_size
+        self.batch_share = batch_share
         self._metrics = metrics
-        self._queue: asyncio.Queue[_Job[Any]] | None = None
+        self._waiting: dict[Priority, deque[_Job[Any]]] = {p: deque() for p in Priority}
+        self._running: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        self._running_tokens: dict[Priority, set[CancelToken]] = {p: set() for p in Priority}
+        self._tickets = 0
+        self._batch_credit = 0.0
+        self._changed: asyncio.Condition | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._busy = 0
-        # Exponentially weighted mean service time, for Retry-After.
+        # Exponentially weighted mean interactive service time, for Retry-After.
         self._mean_service = 5.0
 
+    # ---- lifecycle -------------------------------------------------------------------
+
     async def start(self) -> None:
-        # maxsize 0 would mean "unbounded" to asyncio: the waiting room is checked by hand.
-        self._queue = asyncio.Queue()
+        self._changed = asyncio.Condition()
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="inference")
         self._tasks = [asyncio.create_task(self._work(), name=f"inference-{i}") for i in range(self.workers)]
         self._metrics.queue_capacity.set(self.queue_size)
         self._metrics.queue_depth.set(0)
+        self._metrics.workers.set(self.workers)
+        self._metrics.workers_busy.set(0)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -66,77 +118,175 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self._queue is not None:
-            while not self._queue.empty():
-                job = self._queue.get_nowait()
-                if not job.future.done():
-                    job.future.cancel()
+        for queue in self._waiting.values():
+            while queue:
+                job = queue.popleft()
+                job.token.cancel(SHUTTING_DOWN)
+        for tokens in self._running_tokens.values():
+            for token in list(tokens):
+                token.cancel(SHUTTING_DOWN)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._metrics.queue_capacity.set(0)
         self._metrics.queue_depth.set(0)
+        self._metrics.workers.set(0)
+        self._metrics.workers_busy.set(0)
+
+    # ---- admission -------------------------------------------------------------------
 
     @property
     def depth(self) -> int:
-        """Jobs waiting for a worker."""
-        return self._queue.qsize() if self._queue is not None else 0
+        """Interactive jobs waiting for a worker."""
+        return len(self._waiting[Priority.INTERACTIVE])
 
     @property
     def busy(self) -> int:
-        """Jobs running now."""
-        return self._busy
+        """Jobs running now, of every priority."""
+        return sum(self._running.values())
+
+    @property
+    def capacity(self) -> int:
+        return self.workers + self.queue_size
 
     def has_room(self) -> bool:
-        """Whether a new job would be admitted now (free worker or free waiting place)."""
-        return self.depth + self._busy < self.workers + self.queue_size
+        """Whether a new interactive request would be admitted now."""
+        return self._tickets < self.capacity
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: the time to drain what is ahead of it."""
-        ahead = self.depth + self._busy
-        return max(1, min(300, math.ceil(self._mean_service * ahead / self.workers)))
+        return max(1, min(300, math.ceil(self._mean_service * self._tickets / self.workers)))
 
     def check_room(self) -> None:
-        """Raise QueueFullError now, before the upload is read, when a job would be refused."""
+        """Raise QueueFullError now (before an upload is read) when a request would be refused."""
         if not self.has_room():
             raise QueueFullError(self.retry_after())
 
-    async def submit(self, fn: Callable[[threading.Event], T], time_limit: float) -> T:
-        """Run `fn(cancel_event)` on a worker; return its result.
-
-        Raises QueueFullError when no place is free, RequestTimeoutError past `time_limit`
-        seconds (queue wait included), and whatever `fn` raises.
-        """
-        assert self._queue is not None, "scheduler not started"
+    def admit(self) -> Ticket:
+        """Take an admission ticket; raises QueueFullError when every place is taken."""
         self.check_room()
-        job: _Job[T] = _Job(fn, asyncio.get_running_loop().create_future())
-        self._queue.put_nowait(job)
-        self._metrics.queue_depth.set(self._queue.qsize())
+        self._tickets += 1
+        return Ticket(self)
+
+    def _release_ticket(self) -> None:
+        self._tickets -= 1
+
+    # ---- running ---------------------------------------------------------------------
+
+    async def run(
+        self,
+        fn: Callable[[threading.Event], T],
+        *,
+        token: CancelToken,
+        priority: Priority = Priority.INTERACTIVE,
+        time_limit: float | None = None,
+    ) -> T:
+        """Run `fn(cancel_event)` on a worker and return its result.
+
+        Raises the answer for a cancelled token (RequestTimeoutError past `time_limit` seconds,
+        queue wait included; ClientGoneError; ShuttingDownError), Preempted for IDLE work that
+        gave way, and whatever `fn` raises.
+        """
+        assert self._changed is not None, "scheduler not started"
+        loop = asyncio.get_running_loop()
+        job: _Job[T] = _Job(fn, loop.create_future(), token, priority)
+        timer = loop.call_later(time_limit, token.cancel, TIMEOUT) if time_limit is not None else None
+        async with self._changed:
+            self._waiting[priority].append(job)
+            self._gauge_depth()
+            if priority == Priority.INTERACTIVE:
+                self._preempt_idle()
+            self._changed.notify_all()
+        stop = asyncio.ensure_future(token.wait())
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), time_limit)
-        except TimeoutError:
-            raise RequestTimeoutError(
-                f"the request took longer than its {time_limit:.0f} s limit and was stopped"
-            ) from None
+            waits: list[asyncio.Future[Any]] = [job.future, stop]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if job.future.done() and not token.cancelled:
+                return job.future.result()
+            if token.reason == PREEMPTED:
+                raise Preempted()
+            raise error_for_cancellation(token.reason, time_limit)
         finally:
-            # On timeout or client disconnect: a queued job is skipped, a running one stops
-            # early, and its eventual result or error is dropped with the cancelled future.
-            job.cancel.set()
+            if timer is not None:
+                timer.cancel()
+            stop.cancel()
+            # A job still queued is skipped; one still running stops at its next segment (the
+            # cancel event is set); its eventual result is dropped with the future.
             if not job.future.done():
+                token.cancel(token.reason or SHUTTING_DOWN)
                 job.future.cancel()
+                with contextlib.suppress(ValueError):  # ValueError: it had left the queue already
+                    self._waiting[priority].remove(job)
+                self._gauge_depth()
+
+    def _gauge_depth(self) -> None:
+        self._metrics.queue_depth.set(self.depth)
+
+    def _limit(self, priority: Priority) -> int:
+        if priority == Priority.INTERACTIVE:
+            return self.workers
+        if priority == Priority.IDLE:
+            return 1
+        return max(1, self.workers - 1)
+
+    def _preempt_idle(self) -> None:
+        if self.busy >= self.workers:
+            for token in list(self._running_tokens[Priority.IDLE]):
+                token.cancel(PREEMPTED)
+
+    def _pick(self) -> _Job[Any] | None:
+        """The next job to run, or None when nothing may run now."""
+        for queue in self._waiting.values():
+            while queue and (queue[0].token.cancelled or queue[0].future.done()):
+                queue.popleft()
+        self._gauge_depth()
+        eligible = [
+            p
+            for p in Priority
+            if self._waiting[p]
+            and self._running[p] < self._limit(p)
+            and (p != Priority.IDLE or not any(self._waiting[q] for q in Priority if q != Priority.IDLE))
+        ]
+        if not eligible:
+            return None
+        chosen = eligible[0]
+        if Priority.BATCH in eligible and chosen != Priority.BATCH:
+            # A job window waits while more urgent work goes first: it earns a share of the turns.
+            self._batch_credit += self.batch_share
+            if self._batch_credit >= 1.0:
+                self._batch_credit -= 1.0
+                chosen = Priority.BATCH
+        job = self._waiting[chosen].popleft()
+        self._gauge_depth()
+        return job
+
+    async def _next(self) -> _Job[Any]:
+        assert self._changed is not None
+        async with self._changed:
+            while (job := self._pick()) is None:
+                await self._changed.wait()
+            self._running[job.priority] += 1
+            self._running_tokens[job.priority].add(job.token)
+            self._metrics.workers_busy.set(self.busy)
+            return job
+
+    async def _done(self, job: _Job[Any]) -> None:
+        assert self._changed is not None
+        async with self._changed:
+            self._running[job.priority] -= 1
+            self._running_tokens[job.priority].discard(job.token)
+            self._metrics.workers_busy.set(self.busy)
+            self._changed.notify_all()
 
     async def _work(self) -> None:
-        assert self._queue is not None and self._executor is not None
+        assert self._executor is not None
         loop = asyncio.get_running_loop()
         while True:
-            job = await self._queue.get()
-            self._metrics.queue_depth.set(self._queue.qsize())
-            if job.cancel.is_set() or job.future.done():
-                continue
+            job = await self._next()
             started = time.monotonic()
-            self._metrics.queue_wait.observe(started - job.enqueued)
-            self._busy += 1
+            if job.priority == Priority.INTERACTIVE:
+                self._metrics.queue_wait.observe(started - job.enqueued)
             try:
-                result = await loop.run_in_executor(self._executor, job.fn, job.cancel)
+                result = await loop.run_in_executor(self._executor, job.fn, job.token.event)
             except Exception as exc:
                 if not job.future.done():
                     job.future.set_exception(exc)
@@ -144,6 +294,6 @@ class Scheduler:
                 if not job.future.done():
                     job.future.set_result(result)
             finally:
-                self._busy -= 1
-                elapsed = time.monotonic() - started
-                self._mean_service = 0.8 * self._mean_service + 0.2 * elapsed
+                if job.priority == Priority.INTERACTIVE:
+                    self._mean_service = 0.8 * self._mean_service + 0.2 * (time.monotonic() - started)
+                await self._done(job)

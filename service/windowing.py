@@ -18,7 +18,7 @@ from service.languages import join_texts
 
 if TYPE_CHECKING:
     import threading
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from service.audio import DecodedAudio
 
@@ -52,13 +52,19 @@ def transcribe_windowed(
     options: TranscribeOptions,
     window_seconds: float,
     cancel: threading.Event | None = None,
+    on_segment: Callable[[Segment], None] | None = None,
 ) -> Transcript:
-    """Transcribe `audio`, in windows when it is longer than `window_seconds`.
+    """Transcribe `audio`, in windows when it is longer than `window_seconds`; `on_segment` is
+    called with each segment (times from the start of the audio) as soon as it is known.
 
     Raises Cancelled when `cancel` is set between windows (or inside the engine).
     """
     if audio.duration <= window_seconds:
-        return backend.transcribe(audio.read(), options, cancel)
+        whole = backend.transcribe(audio.read(), options, cancel)
+        if on_segment is not None:
+            for seg in whole.segments:
+                on_segment(seg)
+        return whole
     segments: list[Segment] = []
     texts: list[str] = []
     first: Transcript | None = None
@@ -73,6 +79,8 @@ def transcribe_windowed(
         offset = start / audio.sample_rate
         for seg in part.segments:
             segments.append(_shifted(seg, len(segments), offset))
+            if on_segment is not None:
+                on_segment(segments[-1])
         if part.text:
             texts.append(part.text)
             if backend.capabilities.prompt and options.initial_prompt is None:

@@ -60,6 +60,24 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def long_speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four minutes of varied espeak-ng speech (MP3): long enough that a transcription runs for a while."""
+    from bench.inputs import long_audio
+
+    return long_audio(tmp_path_factory.mktemp("long-speech"), minutes=4)
+
+
+@pytest.fixture(scope="session")
+def silence_bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An hour of Opus silence in about 1.2 MB: small to send, long to decode."""
+    out = tmp_path_factory.mktemp("bomb") / "silence.opus"
+    source = ["-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "3600"]
+    opus = ["-c:a", "libopus", "-b:a", "6k", "-compression_level", "0", "-frame_duration", "60"]
+    subprocess.run(["ffmpeg", "-loglevel", "error", *source, *opus, str(out)], check=True)
+    return out
+
+
 def make_settings(tmp_path: Path, **groups: dict[str, Any]) -> Settings:
     """Settings for tests: tiny.en, quality store in tmp_path, sampling off unless asked."""
     model = {"model": "embedded:tiny.en", "cache_dir": tmp_path / "cache", **groups.pop("model", {})}
@@ -101,17 +119,21 @@ async def running_app(
         async with httpx.AsyncClient(transport=transport, base_url="http://asr.test", timeout=120) as client:
             if wait_ready:
                 for _ in range(600):
-                    if app.state.transcriber.state != "loading":
+                    if app.state.engine.state != "loading":
                         break
                     await asyncio.sleep(0.05)
-                assert app.state.transcriber.state == "ready", app.state.transcriber.error
+                assert app.state.engine.state == "ready", app.state.engine.error
             yield AppHandle(app, client)
 
 
-async def settled_readiness(h: AppHandle) -> httpx.Response:
+ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+async def settled_readiness(h: AppHandle, headers: dict[str, str] | None = None) -> httpx.Response:
     """Poll /readyz until the model is no longer loading (20 s at most); return the last answer."""
     async with asyncio.timeout(20):
-        while (r := await h.client.get("/readyz")).json()["status"] == "loading":  # noqa: ASYNC110 - only HTTP shows it
+        while (r := await h.client.get("/readyz", headers=headers)).json()["status"] == "loading":  # noqa: ASYNC110 - only HTTP shows it
             await asyncio.sleep(0.05)
     return r
 

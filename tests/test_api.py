@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from service.backends.base import Capabilities
-from tests.conftest import make_settings, running_app, settled_readiness
+from tests.conftest import ADMIN, ADMIN_TOKEN, make_settings, running_app, settled_readiness
 from tests.fakes import FakeBackend, factory
 
 if TYPE_CHECKING:
@@ -178,9 +178,18 @@ async def test_a_model_that_fails_to_load_is_reported_not_ready(tmp_path: Path) 
     def broken(settings: object) -> FakeBackend:
         raise RuntimeError("weights not found")
 
-    async with running_app(make_settings(tmp_path), broken, wait_ready=False) as h:
+    settings = make_settings(tmp_path, server={"admin_token": ADMIN_TOKEN})
+    async with running_app(settings, broken, wait_ready=False) as h:
         r = await settled_readiness(h)
-        assert r.status_code == 503 and "weights not found" in r.json()["error"]
+        # Anyone may read readiness: it names the model and the kind of failure, not the details.
+        assert r.status_code == 503 and r.json() == {
+            "status": "failed",
+            "error": "model whisper-tiny.en failed to load (RuntimeError); the service log says why",
+        }
+        r = await h.client.post("/transcribe", files={"file": ("a.wav", b"RIFF")})
+        assert r.status_code == 503 and "weights not found" not in r.text
+        detailed = await settled_readiness(h, ADMIN)
+        assert detailed.json()["error"] == "RuntimeError: weights not found"
 
 
 async def test_gpu_out_of_memory_is_503_counted_and_the_service_goes_on(tmp_path: Path, speech_dir: Path) -> None:

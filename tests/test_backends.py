@@ -12,7 +12,7 @@ from service.backends import load_backend
 from service.backends.sensevoice_tags import split_rich
 from service.errors import MissingExtraError
 from tests.checkpoints import build_fsmn_vad, build_openai_whisper, build_sensevoice
-from tests.conftest import make_settings, running_app, serve, settled_readiness
+from tests.conftest import ADMIN, ADMIN_TOKEN, make_settings, running_app, serve, settled_readiness
 
 # ---- SenseVoice output parsing, on the strings SenseVoiceSmall and FunASR really produce ---------
 
@@ -158,9 +158,11 @@ def test_sensevoice_by_environment_through_the_real_server(
 
 @pytest.mark.anyio
 async def test_sensevoice_without_a_model_directory_is_not_ready_with_a_reason(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, model={"backend": "sensevoice", "model": "embedded:base"})
+    settings = make_settings(
+        tmp_path, model={"backend": "sensevoice", "model": "embedded:base"}, server={"admin_token": ADMIN_TOKEN}
+    )
     async with running_app(settings, wait_ready=False) as h:
-        body = (await settled_readiness(h)).json()
+        body = (await settled_readiness(h, ADMIN)).json()
     assert body["status"] == "failed" and "SenseVoiceSmall directory" in body["error"]
 
 
@@ -214,10 +216,14 @@ def test_openai_whisper_by_environment_through_the_real_server(
 @pytest.mark.anyio
 async def test_openai_whisper_by_name_without_weights_says_where_it_looked(tmp_path: Path) -> None:
     settings = make_settings(
-        tmp_path, model={"backend": "openai-whisper", "model": "large-v3", "local_files_only": True}
+        tmp_path,
+        model={"backend": "openai-whisper", "model": "large-v3", "local_files_only": True},
+        server={"admin_token": ADMIN_TOKEN},
     )
     async with running_app(settings, wait_ready=False) as h:
-        body = (await settled_readiness(h)).json()
+        public = (await settled_readiness(h)).json()
+        body = (await settled_readiness(h, ADMIN)).json()
+    assert str(tmp_path) not in public["error"] and "large-v3" in public["error"]
     assert body["status"] == "failed"
     assert str(tmp_path / "cache" / "openai-whisper" / "large-v3.pt") in body["error"]
 

@@ -1,17 +1,37 @@
+"""The scheduler on its own: admission, priorities, caps, time limits and cancellation."""
+
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.errors import QueueFullError, RequestTimeoutError
+from service.cancellation import CLIENT_DISCONNECTED, SHUTTING_DOWN, CancelToken
+from service.errors import ClientGoneError, QueueFullError, RequestTimeoutError, ShuttingDownError
 from service.metrics import Metrics
-from service.scheduler import Scheduler
+from service.scheduler import Preempted, Priority, Scheduler
 
 pytestmark = pytest.mark.anyio
+
+
+async def submit(
+    scheduler: Scheduler,
+    fn: Any,
+    time_limit: float | None = 10,
+    priority: Priority = Priority.INTERACTIVE,
+    token: CancelToken | None = None,
+) -> Any:
+    """What the pipeline does: interactive work holds an admission ticket while it waits and runs."""
+    ticket = scheduler.admit() if priority == Priority.INTERACTIVE else None
+    try:
+        return await scheduler.run(fn, token=token or CancelToken(), priority=priority, time_limit=time_limit)
+    finally:
+        if ticket is not None:
+            ticket.release()
 
 
 def _sleeper(seconds: float, running: list[int], peak: list[int]) -> object:
@@ -33,14 +53,18 @@ def _sleeper(seconds: float, running: list[int], peak: list[int]) -> object:
     return job
 
 
+async def started(scheduler: Scheduler) -> Scheduler:
+    await scheduler.start()
+    return scheduler
+
+
 async def test_runs_at_most_workers_at_once_and_queues_the_rest() -> None:
     metrics = Metrics(CollectorRegistry())
-    scheduler = Scheduler(workers=2, queue_size=4, metrics=metrics)
-    await scheduler.start()
+    scheduler = await started(Scheduler(workers=2, queue_size=4, metrics=metrics))
     running: list[int] = []
     peak = [0]
     try:
-        results = await asyncio.gather(*(scheduler.submit(_sleeper(0.1, running, peak), 10) for _ in range(6)))
+        results = await asyncio.gather(*(submit(scheduler, _sleeper(0.1, running, peak)) for _ in range(6)))
     finally:
         await scheduler.stop()
     assert results == [0.1] * 6
@@ -49,34 +73,35 @@ async def test_runs_at_most_workers_at_once_and_queues_the_rest() -> None:
     assert waits == 6
     # Four jobs waited behind the first two: their summed wait is at least 0.1 s each.
     assert metrics.registry.get_sample_value("asr_queue_wait_seconds_sum") >= 0.35
+    assert metrics.registry.get_sample_value("asr_workers") == 0  # stopped
+    assert metrics.registry.get_sample_value("asr_workers_busy") == 0
 
 
 async def test_a_full_queue_refuses_at_once_with_retry_after() -> None:
     metrics = Metrics(CollectorRegistry())
-    scheduler = Scheduler(workers=1, queue_size=1, metrics=metrics)
-    await scheduler.start()
+    scheduler = await started(Scheduler(workers=1, queue_size=1, metrics=metrics))
     gate = threading.Event()
     try:
-        first = asyncio.create_task(scheduler.submit(lambda cancel: gate.wait(5), 10))
-        second = asyncio.create_task(scheduler.submit(lambda cancel: gate.wait(5), 10))
+        first = asyncio.create_task(submit(scheduler, lambda cancel: gate.wait(5)))
+        second = asyncio.create_task(submit(scheduler, lambda cancel: gate.wait(5)))
         await asyncio.sleep(0.05)
         assert not scheduler.has_room()
         assert metrics.registry.get_sample_value("asr_queue_depth") == 1
-        started = time.monotonic()
+        assert metrics.registry.get_sample_value("asr_workers_busy") == 1
+        started_at = time.monotonic()
         with pytest.raises(QueueFullError) as info:
-            await scheduler.submit(lambda cancel: None, 10)
-        assert time.monotonic() - started < 0.1
+            await submit(scheduler, lambda cancel: None)
+        assert time.monotonic() - started_at < 0.1
         assert int(info.value.headers["Retry-After"]) >= 1
         gate.set()
         assert await first and await second
+        assert scheduler.has_room()
     finally:
         await scheduler.stop()
 
 
 async def test_a_timeout_answers_504_and_stops_the_job() -> None:
-    metrics = Metrics(CollectorRegistry())
-    scheduler = Scheduler(workers=1, queue_size=2, metrics=metrics)
-    await scheduler.start()
+    scheduler = await started(Scheduler(workers=1, queue_size=2, metrics=Metrics(CollectorRegistry())))
     seen_cancel = threading.Event()
 
     def stubborn(cancel: threading.Event) -> None:
@@ -85,42 +110,143 @@ async def test_a_timeout_answers_504_and_stops_the_job() -> None:
 
     try:
         with pytest.raises(RequestTimeoutError):
-            await scheduler.submit(stubborn, time_limit=0.2)
+            await submit(scheduler, stubborn, time_limit=0.2)
         assert seen_cancel.wait(2), "the running job was not told to stop"
         # The worker is free again for the next request.
-        assert await scheduler.submit(lambda cancel: "next", time_limit=2) == "next"
+        assert await submit(scheduler, lambda cancel: "next", time_limit=2) == "next"
     finally:
         await scheduler.stop()
 
 
 async def test_a_job_timed_out_in_the_queue_never_runs() -> None:
-    metrics = Metrics(CollectorRegistry())
-    scheduler = Scheduler(workers=1, queue_size=2, metrics=metrics)
-    await scheduler.start()
+    scheduler = await started(Scheduler(workers=1, queue_size=2, metrics=Metrics(CollectorRegistry())))
     gate = threading.Event()
     ran = threading.Event()
     try:
-        blocker = asyncio.create_task(scheduler.submit(lambda cancel: gate.wait(5), 10))
+        blocker = asyncio.create_task(submit(scheduler, lambda cancel: gate.wait(5)))
         await asyncio.sleep(0.02)
         with pytest.raises(RequestTimeoutError):
-            await scheduler.submit(lambda cancel: ran.set(), time_limit=0.1)
+            await submit(scheduler, lambda cancel: ran.set(), time_limit=0.1)
         gate.set()
         await blocker
-        await scheduler.submit(lambda cancel: None, 5)
+        await submit(scheduler, lambda cancel: None, 5)
+        assert not ran.is_set()
+    finally:
+        await scheduler.stop()
+
+
+async def test_a_cancelled_token_answers_with_its_reason_at_once() -> None:
+    """A client that hangs up while queued: its work never runs and the caller hears 499 at once;
+    the service draining: 503."""
+    scheduler = await started(Scheduler(workers=1, queue_size=4, metrics=Metrics(CollectorRegistry())))
+    gate = threading.Event()
+    ran = threading.Event()
+    try:
+        blocker = asyncio.create_task(submit(scheduler, lambda cancel: gate.wait(5)))
+        await asyncio.sleep(0.02)
+        for reason, error in ((CLIENT_DISCONNECTED, ClientGoneError), (SHUTTING_DOWN, ShuttingDownError)):
+            token = CancelToken()
+            waiting = asyncio.create_task(submit(scheduler, lambda cancel: ran.set(), token=token))
+            await asyncio.sleep(0.02)
+            assert scheduler.depth == 1
+            token.cancel(reason)
+            with pytest.raises(error):
+                await asyncio.wait_for(waiting, 1)
+            assert scheduler.depth == 0
+        gate.set()
+        await blocker
+        await submit(scheduler, lambda cancel: None)
         assert not ran.is_set()
     finally:
         await scheduler.stop()
 
 
 async def test_job_errors_reach_the_caller() -> None:
-    scheduler = Scheduler(workers=1, queue_size=1, metrics=Metrics(CollectorRegistry()))
-    await scheduler.start()
+    scheduler = await started(Scheduler(workers=1, queue_size=1, metrics=Metrics(CollectorRegistry())))
 
     def broken(cancel: threading.Event) -> None:
         raise ValueError("engine bug")
 
     try:
         with pytest.raises(ValueError, match="engine bug"):
-            await scheduler.submit(broken, 5)
+            await submit(scheduler, broken, 5)
+    finally:
+        await scheduler.stop()
+
+
+async def test_interactive_work_goes_first_and_jobs_leave_a_worker_free() -> None:
+    """Two workers: job windows never take both, and a request that arrives behind queued job
+    windows runs before them."""
+    scheduler = await started(Scheduler(workers=2, queue_size=4, metrics=Metrics(CollectorRegistry())))
+    order: list[str] = []
+    running = {"batch": 0, "peak": 0}
+    lock = threading.Lock()
+
+    def window(name: str) -> Any:
+        def job(cancel: threading.Event) -> None:
+            with lock:
+                running["batch"] += 1
+                running["peak"] = max(running["peak"], running["batch"])
+                order.append(name)
+            time.sleep(0.1)
+            with lock:
+                running["batch"] -= 1
+
+        return job
+
+    try:
+        windows = [asyncio.create_task(submit(scheduler, window(f"w{i}"), None, Priority.BATCH)) for i in range(3)]
+        await asyncio.sleep(0.03)
+        request = asyncio.create_task(submit(scheduler, lambda cancel: order.append("request")))
+        await asyncio.gather(*windows, request)
+    finally:
+        await scheduler.stop()
+    assert running["peak"] == 1
+    # The request started at once on the free worker, before the queued windows w1 and w2.
+    assert order.index("request") < order.index("w1")
+
+
+async def test_jobs_get_their_share_of_turns_under_steady_requests() -> None:
+    scheduler = await started(
+        Scheduler(workers=1, queue_size=32, metrics=Metrics(CollectorRegistry()), batch_share=0.25)
+    )
+    order: list[str] = []
+    gate = threading.Event()
+    try:
+        blocker = asyncio.create_task(submit(scheduler, lambda cancel: gate.wait(5)))
+        await asyncio.sleep(0.02)
+        tasks = [
+            asyncio.create_task(submit(scheduler, lambda cancel, i=i: order.append(f"job{i}"), None, Priority.BATCH))
+            for i in range(2)
+        ]
+        tasks += [asyncio.create_task(submit(scheduler, lambda cancel, i=i: order.append(f"r{i}"))) for i in range(12)]
+        await asyncio.sleep(0.02)
+        gate.set()
+        await asyncio.gather(blocker, *tasks)
+    finally:
+        await scheduler.stop()
+    # With requests always waiting, a job window still gets one turn in four.
+    assert order.index("job0") <= 4 and order.index("job1") <= 9, order
+
+
+async def test_idle_work_runs_only_when_nothing_waits_and_gives_way() -> None:
+    scheduler = await started(Scheduler(workers=1, queue_size=4, metrics=Metrics(CollectorRegistry())))
+    stopped = threading.Event()
+
+    def background(cancel: threading.Event) -> str:
+        if cancel.wait(5):
+            stopped.set()
+        return "finished"
+
+    try:
+        idle = asyncio.create_task(submit(scheduler, background, None, Priority.IDLE))
+        await asyncio.sleep(0.05)
+        assert scheduler.busy == 1
+        started_at = time.monotonic()
+        assert await submit(scheduler, lambda cancel: "request") == "request"
+        assert time.monotonic() - started_at < 1.0
+        with pytest.raises(Preempted):
+            await idle
+        assert stopped.wait(1)
     finally:
         await scheduler.stop()

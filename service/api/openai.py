@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.common import form_openapi, transcriber_of
+from service.api.common import engine_of, form_openapi
 from service.api.uploads import transcribe_upload
-from service.errors import BadRequestError, UnsupportedFeatureError
+from service.errors import BadRequestError, UnsupportedFeatureError, shown
 from service.formats import MEDIA_TYPES, openai_json, render_text
 from service.languages import normalize_language
 from service.pipeline import RequestOptions
@@ -43,9 +43,11 @@ class TranscriptionForm(TranslationForm):
 
 
 def _check_model(request: Request, form: TranslationForm) -> None:
-    served = transcriber_of(request).ready_backend().model
+    served = engine_of(request).ready_backend().model
     if form.model not in (served, OPENAI_DEFAULT_MODEL):
-        raise ModelNotFoundError(f"model {form.model!r} is not served here; use {served!r} or {OPENAI_DEFAULT_MODEL!r}")
+        raise ModelNotFoundError(
+            f"model {shown(form.model)} is not served here; use {served!r} or {OPENAI_DEFAULT_MODEL!r}"
+        )
     if form.stream:
         raise UnsupportedFeatureError("streaming responses are not supported; send stream=false")
 
@@ -87,7 +89,7 @@ async def translations(request: Request) -> Response:
 @router.get("/models")
 async def models(request: Request) -> JSONResponse:
     """The served model, in OpenAI's list shape (empty while the model loads)."""
-    backend = transcriber_of(request).backend
+    backend = engine_of(request).backend
     data = (
         []
         if backend is None

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from service.api.common import require_bearer, settings_of
 from service.errors import NotFoundError, ServiceError
@@ -34,7 +34,15 @@ class ConflictError(ServiceError):
 
 
 class Reference(BaseModel):
-    text: str = Field(..., min_length=1, max_length=100_000, description="What was really said, checked by a person.")
+    text: str = Field(..., max_length=100_000, description="What was really said, checked by a person.")
+
+    @field_validator("text")
+    @classmethod
+    def has_words(cls, text: str) -> str:
+        # A blank reference would score every hypothesis word as an insertion against nothing.
+        if not text.strip():
+            raise ValueError("the reference is empty or only whitespace")
+        return text.strip()
 
 
 def _store(request: Request) -> SampleStore:
@@ -60,7 +68,7 @@ async def list_samples(
     status: Literal["pending", "referenced", "scored", "skipped"] | None = None,
     language: Annotated[str | None, Query(max_length=16)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> dict[str, Any]:
     """Samples, newest first; filter by status and language."""
     store = _store(request)

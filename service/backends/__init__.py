@@ -58,6 +58,13 @@ def worker_count(settings: Settings) -> int:
     return max(1, (os.cpu_count() or 1) // settings.server.processes)
 
 
+def decode_workers(settings: Settings) -> int:
+    """Uploads decoded at once per process: ASR_DECODE_WORKERS, or one per CPU core among the processes."""
+    if settings.scheduler.decode_workers:
+        return settings.scheduler.decode_workers
+    return max(1, (os.cpu_count() or 1) // settings.server.processes)
+
+
 def cpu_threads(settings: Settings) -> int:
     """CPU threads per inference worker: ASR_CPU_THREADS, or the host's cores shared among the
     workers of every process, so that they don't fight over cores."""

@@ -23,7 +23,7 @@ from service.languages import language_label
 if TYPE_CHECKING:
     from service.config import QualitySettings
     from service.metrics import Metrics
-    from service.pipeline import Outcome
+    from service.outcome import Outcome
     from service.quality.store import SampleStore
 
 log = logging.getLogger(__name__)
