@@ -4,7 +4,8 @@ loopback, with deploy/'s own config and rules, and a local SMTP sink for Alertma
     python -m deploy.local_stack [--asr 127.0.0.1:8000] [--with-service]     (or: make stack)
 
 What differs from docker-compose is only where things are: scrape targets (targets/*.yml are
-written with loopback ports), Alertmanager's SMTP host (the sink) and the password file path.
+written with loopback ports), Alertmanager's SMTP host (the sink), the password file path and the
+fallback webhook's URL (a local sink too).
 prometheus.yml, the rules, alertmanager.yml's routes, inhibitions and templates are the
 project's files. The tests start the same stack with shorter intervals.
 """
@@ -15,6 +16,7 @@ import argparse
 import contextlib
 import email
 import email.policy
+import json
 import os
 import shutil
 import signal
@@ -89,6 +91,42 @@ class MailSink:
         raise TimeoutError(f"no matching mail in {timeout} s; received: {subjects}")
 
 
+class WebhookSink:
+    """An HTTP server on loopback that keeps every JSON body POSTed to it (Alertmanager's webhooks)."""
+
+    def __init__(self, port: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.payloads: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with sink._lock:
+                    sink.payloads.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{port}/asr-alerts"
+
+    def start(self) -> None:
+        threading.Thread(target=self._server.serve_forever, name="webhook-sink", daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def alert_names(self) -> list[str]:
+        with self._lock:
+            return [a["labels"]["alertname"] for p in self.payloads for a in p.get("alerts", [])]
+
+
 @dataclass
 class LocalStack:
     """Prometheus, Alertmanager, node-exporter and a mail sink, all on loopback ports."""
@@ -105,6 +143,7 @@ class LocalStack:
     ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     mail: MailSink | None = None
+    webhook: WebhookSink | None = None
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -139,6 +178,10 @@ class LocalStack:
         password.chmod(0o600)
         config["global"].update(smtp_smarthost=f"127.0.0.1:{self.ports['smtp']}", smtp_auth_password_file=str(password))
         config["templates"] = [str(DEPLOY / "alertmanager" / "templates" / "*.tmpl")]
+        assert self.webhook is not None
+        for receiver in config["receivers"]:
+            for hook in receiver.get("webhook_configs", []):
+                hook["url"] = self.webhook.url
         # Timing overrides go on the root route and on every sub-route that sets its own.
         config["route"].update(self.route_timing)
         for route in config["route"].get("routes", []):
@@ -148,13 +191,15 @@ class LocalStack:
         return path
 
     def start(self) -> LocalStack:
-        for name in ("prometheus", "alertmanager", "node", "smtp"):
+        for name in ("prometheus", "alertmanager", "node", "smtp", "webhook"):
             self.ports.setdefault(name, free_port())
         for binary in BINARIES.values():
             if shutil.which(binary) is None:
                 raise RuntimeError(f"{binary} is not installed (Debian: apt-get install {binary})")
         self.mail = MailSink(self.ports["smtp"], self.workdir / "mail")
         self.mail.start()
+        self.webhook = WebhookSink(self.ports["webhook"])
+        self.webhook.start()
         loopback = "127.0.0.1"
         # Alertmanager first: Prometheus only re-sends alerts every minute.
         self._spawn(
@@ -224,6 +269,8 @@ class LocalStack:
         self.processes.clear()
         if self.mail is not None:
             self.mail.stop()
+        if self.webhook is not None:
+            self.webhook.stop()
 
     def __enter__(self) -> LocalStack:
         return self.start()

@@ -68,6 +68,9 @@ class GpuCollector:
             "util": GaugeMetricFamily("asr_gpu_utilization_ratio", "Share of time a kernel ran (0-1).", labels=["gpu"]),
             "temp": GaugeMetricFamily("asr_gpu_temperature_celsius", "GPU core temperature.", labels=["gpu"]),
             "power": GaugeMetricFamily("asr_gpu_power_watts", "Power draw.", labels=["gpu"]),
+            "power_limit": GaugeMetricFamily(
+                "asr_gpu_power_limit_watts", "Power limit the driver enforces (throttling above).", labels=["gpu"]
+            ),
             "proc": GaugeMetricFamily(
                 "asr_gpu_process_memory_bytes", "GPU memory held by this service's processes.", labels=["gpu"]
             ),
@@ -85,19 +88,21 @@ class GpuCollector:
                 "util": _read(nv, nv.nvmlDeviceGetUtilizationRates, handle),
                 "temp": _read(nv, nv.nvmlDeviceGetTemperature, handle, nv.NVML_TEMPERATURE_GPU),
                 "power": _read(nv, nv.nvmlDeviceGetPowerUsage, handle),  # milliwatts
+                "power_limit": _read(nv, nv.nvmlDeviceGetEnforcedPowerLimit, handle),  # milliwatts
                 "procs": _read(nv, nv.nvmlDeviceGetComputeRunningProcesses, handle),
                 "name": _read(nv, nv.nvmlDeviceGetName, handle),
                 "uuid": _read(nv, nv.nvmlDeviceGetUUID, handle),
             }
             if values["util"] is not None:
                 values["util"] = values["util"].gpu / 100.0
-            if values["power"] is not None:
-                values["power"] = values["power"] / 1000.0
+            for key in ("power", "power_limit"):
+                if values[key] is not None:
+                    values[key] = values[key] / 1000.0
             families["info"].add_metric([gpu, _text(values["name"] or ""), _text(values["uuid"] or "")], 1)
             if values["mem"] is not None:
                 families["used"].add_metric([gpu], float(values["mem"].used))
                 families["total"].add_metric([gpu], float(values["mem"].total))
-            for key in ("util", "temp", "power"):
+            for key in ("util", "temp", "power", "power_limit"):
                 if values[key] is not None:
                     families[key].add_metric([gpu], float(values[key]))
             if values["procs"] is not None:

@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 # below so that histogram_quantile and le-ratios are exact there (tests check both files).
 # Latency is judged per second of audio (a 10-minute file may take a minute; a 5 s clip may not):
 # p95 of the request's real-time factor above 1 means answers take longer than the audio lasts.
-LATENCY_ALERT_SECONDS = 30.0  # the old ASRHighLatency threshold, until the rules move to REQUEST_RTF_*
 REQUEST_RTF_P95_ALERT = 1.0
 REQUEST_RTF_P99_ALERT = 2.0
 QUEUE_WAIT_ALERT_SECONDS = 10.0

@@ -83,6 +83,7 @@ def fake_pynvml(own_pid: int) -> types.ModuleType:
             "util": _Util(87, 40),
             "temp": 61,
             "power": 312_500,
+            "power_limit": 700_000,
             "procs": [_Process(own_pid, 12 * 2**30), _Process(999_999, 8 * 2**30), _Process(own_pid + 1, None)],
         },
         {
@@ -92,6 +93,7 @@ def fake_pynvml(own_pid: int) -> types.ModuleType:
             "util": _Util(0, 0),
             "temp": 35,
             "power": None,
+            "power_limit": None,
             "procs": [],
         },
     ]
@@ -113,7 +115,13 @@ def fake_pynvml(own_pid: int) -> types.ModuleType:
             raise FakeNotSupported("Not Supported")
         return int(h["power"])
 
+    def power_limit(h: dict[str, Any]) -> int:
+        if h["power_limit"] is None:
+            raise FakeNotSupported("Not Supported")
+        return int(h["power_limit"])
+
     m.nvmlDeviceGetPowerUsage = power
+    m.nvmlDeviceGetEnforcedPowerLimit = power_limit
     return m
 
 
@@ -130,6 +138,7 @@ def test_nvml_readings_map_to_samples(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s[("asr_gpu_utilization_ratio", g0)] == pytest.approx(0.87)
     assert s[("asr_gpu_temperature_celsius", g0)] == 61
     assert s[("asr_gpu_power_watts", g0)] == pytest.approx(312.5)  # NVML reports milliwatts
+    assert s[("asr_gpu_power_limit_watts", g0)] == pytest.approx(700.0)
     # Only this service's processes count; a driver that cannot tell (None) counts 0.
     assert s[("asr_gpu_process_memory_bytes", g0)] == 12 * 2**30
     assert s[("asr_gpu_process_memory_bytes", g1)] == 0

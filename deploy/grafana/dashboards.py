@@ -20,7 +20,9 @@ TRANSCRIPTION = 'route=~"/transcribe|/v1/audio/transcriptions|/v1/audio/translat
 
 # The thresholds of the alert rules, drawn on the panels that show the same quantity.
 THRESHOLDS = {
-    "latency_p95_seconds": 30,  # ASRHighLatency
+    "request_rtf_p95": 1,  # ASRSlowResponses
+    "request_rtf_p99": 2,  # ASRSlowResponsesTail
+    "workers_busy_ratio": 0.9,  # ASRWorkersSaturated
     "rtf": 1,  # ASRSlowerThanRealTime
     "queue_saturation": 0.8,  # ASRQueueSaturated
     "queue_wait_p95_seconds": 10,  # ASRQueueWaitHigh
@@ -31,6 +33,8 @@ THRESHOLDS = {
     "quality_job_age_seconds": 1800,  # ASRQualityJobStale
     "gpu_memory_ratio": 0.95,  # GPUMemoryHigh
     "gpu_temperature_celsius": 85,  # GPUTooHot
+    "gpu_utilization_ratio": 0.95,  # GPUUtilizationHigh
+    "gpu_power_ratio": 0.95,  # GPUPowerNearLimit
     "host_memory_available_ratio": 0.10,  # HostMemoryLow
     "disk_available_ratio": 0.05,  # HostDiskAlmostFull
 }
@@ -47,8 +51,9 @@ def overview() -> dict[str, Any]:
     ok = 'status=~"2.."'
     success = f"sum({rate('asr_http_requests_total', ok)}) / sum({rate('asr_http_requests_total')})"
     lay.add(stat("Success ratio", success, "percentunit", 0.995, below_is_bad=True), 4, 4)
-    p95 = quantile(0.95, "asr_http_request_duration_seconds", extra='route="/transcribe"')
-    lay.add(stat("p95 latency /transcribe", p95, "s", T["latency_p95_seconds"]), 4, 4)
+    p95 = quantile(0.95, "asr_request_realtime_factor")
+    answer = "Seconds from admission to answer per second of audio; above 1 answers take longer than the audio."
+    lay.add(stat("p95 answer time per audio second", p95, "none", T["request_rtf_p95"], description=answer), 4, 4)
     lay.add(stat("Real-time factor", RTF, "none", T["rtf"]), 4, 4)
     saturation = f"sum(asr_queue_depth{sel()}) / sum(asr_queue_capacity{sel()})"
     lay.add(stat("Queue", saturation, "percentunit", T["queue_saturation"]), 4, 4)
@@ -61,7 +66,7 @@ def overview() -> dict[str, Any]:
         (quantile(q, "asr_http_request_duration_seconds", extra='route="/transcribe"'), f"p{round(q * 100)}")
         for q in (0.5, 0.95, 0.99)
     ]
-    lay.add(timeseries("Latency /transcribe", latency, "s", T["latency_p95_seconds"]), 12)
+    lay.add(timeseries("Latency /transcribe", latency, "s"), 12)
     burn = [
         ('job:asr_slo_errors:ratio_rate5m{job="asr"}', "errors 5m"),
         ('job:asr_slo_errors:ratio_rate1h{job="asr"}', "errors 1h"),
@@ -91,17 +96,22 @@ def overview() -> dict[str, Any]:
 def performance() -> dict[str, Any]:
     lay = Layout()
     lay.row("Latency")
+    per_audio = "Seconds from admission to answer (decode, queue, engine) per second of audio."
+    for q, key in ((0.95, "request_rtf_p95"), (0.99, "request_rtf_p99")):
+        answer = [(quantile(q, "asr_request_realtime_factor", "model"), "{{model}}")]
+        title = f"Answer time per audio second p{round(q * 100)}"
+        lay.add(timeseries(title, answer, "none", T[key], description=per_audio), 12)
     by_route = quantile(0.95, "asr_http_request_duration_seconds", "route", 'route!="<unmatched>"')
-    lay.add(timeseries("p95 latency by route", [(by_route, "{{route}}")], "s", T["latency_p95_seconds"]), 12)
+    lay.add(timeseries("p95 latency by route", [(by_route, "{{route}}")], "s"), 12)
     week = [
-        ('job:asr_http_request_duration_seconds:p95_1h{job="asr"}', "now"),
-        ('job:asr_http_request_duration_seconds:p95_1h{job="asr"} offset 7d', "7 days ago"),
+        ('job:asr_request_realtime_factor:p95_1h{job="asr"}', "now"),
+        ('job:asr_request_realtime_factor:p95_1h{job="asr"} offset 7d', "7 days ago"),
     ]
     lay.add(
         timeseries(
-            "p95 latency, this week and last",
+            "p95 answer time per audio second, this week and last",
             week,
-            "s",
+            "none",
             description="ASRLatencyDrift fires above 1.5x last week's value.",
         ),
         12,
@@ -145,6 +155,16 @@ def performance() -> dict[str, Any]:
         f"sum({rate('asr_http_requests_total', TRANSCRIPTION)})"
     )
     lay.add(timeseries("429 share", [(refused, "refused")], "percentunit", T["rejected_ratio"]), 8)
+    busy = f"sum(avg_over_time(asr_workers_busy{sel()}[$__rate_interval])) / sum(asr_workers{sel()})"
+    workers = "Share of inference worker time in use over every instance; jobs and streams count too."
+    lay.add(
+        timeseries("Workers busy", [(busy, "busy")], "percentunit", T["workers_busy_ratio"], description=workers), 8
+    )
+    decode = [
+        (quantile(0.95, "asr_decode_seconds"), "decode p95"),
+        (f"sum(asr_decodes_in_flight{sel()})", "decoding now"),
+    ]
+    lay.add(timeseries("Decoding", decode), 8)
     return dashboard(
         "asr-performance",
         "ASR performance",
@@ -228,7 +248,7 @@ def resources() -> dict[str, Any]:
     node, fs = 'job="node"', 'job="node", fstype!~"tmpfs|overlay|squashfs|ramfs"'
     lay.row("GPU (dcgm-exporter; the service's NVML readings where dcgm-exporter is absent)")
     util = [("DCGM_FI_DEV_GPU_UTIL / 100", "dcgm gpu {{gpu}}"), ("asr_gpu_utilization_ratio", "nvml gpu {{gpu}}")]
-    lay.add(timeseries("GPU utilisation", util, "percentunit"), 6)
+    lay.add(timeseries("GPU utilisation", util, "percentunit", T["gpu_utilization_ratio"]), 6)
     memory = [
         ("DCGM_FI_DEV_FB_USED / (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE)", "dcgm gpu {{gpu}}"),
         ("asr_gpu_memory_used_bytes / asr_gpu_memory_total_bytes", "nvml gpu {{gpu}}"),
@@ -236,12 +256,14 @@ def resources() -> dict[str, Any]:
     lay.add(timeseries("GPU memory used", memory, "percentunit", T["gpu_memory_ratio"]), 6)
     temp = [("DCGM_FI_DEV_GPU_TEMP", "dcgm gpu {{gpu}}"), ("asr_gpu_temperature_celsius", "nvml gpu {{gpu}}")]
     lay.add(timeseries("GPU temperature", temp, "celsius", T["gpu_temperature_celsius"]), 6)
-    power = [
+    power = [("asr_gpu_power_watts / asr_gpu_power_limit_watts", "gpu {{gpu}}")]
+    lay.add(timeseries("GPU power / its limit", power, "percentunit", T["gpu_power_ratio"]), 6)
+    watts = [
         ("DCGM_FI_DEV_POWER_USAGE", "dcgm W gpu {{gpu}}"),
         ("asr_gpu_power_watts", "nvml W gpu {{gpu}}"),
         ("asr_gpu_process_memory_bytes / 2^30", "service GiB gpu {{gpu}}"),
     ]
-    lay.add(timeseries("GPU power and the service's own GPU memory", power), 6)
+    lay.add(timeseries("GPU power draw and the service's own GPU memory", watts), 6)
     lay.row("Host (node-exporter)")
     idle = 'mode="idle"'
     cpu = f"1 - avg by (instance) ({rate('node_cpu_seconds_total', idle, node)})"
