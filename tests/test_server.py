@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -57,8 +58,8 @@ def test_openai_client_sees_clear_errors(tiny_server: Server, speech_dir: Path) 
     assert [m.id for m in client.models.list().data] == ["whisper-tiny.en"]
 
 
-def _raw_request(port: int, head: bytes, body_chunks: list[bytes]) -> tuple[int, float]:
-    """Send a request by hand; return (status, seconds until the status line arrived)."""
+def _raw_request(port: int, head: bytes, body_chunks: list[bytes]) -> tuple[int, float, bytes]:
+    """Send a request by hand; return (status, seconds until the status line arrived, what came back)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         started = time.monotonic()
         sock.sendall(head)
@@ -68,7 +69,15 @@ def _raw_request(port: int, head: bytes, body_chunks: list[bytes]) -> tuple[int,
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server may stop reading once it has refused
         data = sock.recv(4096)
-        return int(data.split(b" ", 2)[1]), time.monotonic() - started
+        status, seconds = int(data.split(b" ", 2)[1]), time.monotonic() - started
+        head_end = data.find(b"\r\n\r\n")
+        length = re.search(rb"content-length: (\d+)", data[:head_end].lower())
+        while length and len(data) - head_end - 4 < int(length.group(1)):
+            more = sock.recv(4096)
+            if not more:
+                break
+            data += more
+        return status, seconds, data
 
 
 def test_upload_limit_refuses_before_reading_the_body(tmp_path: Path) -> None:
@@ -79,8 +88,12 @@ def test_upload_limit_refuses_before_reading_the_body(tmp_path: Path) -> None:
             b"POST /transcribe HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             b"Content-Length: 10000000000\r\n\r\n"
         )
-        status, seconds = _raw_request(server.port, head, [])
+        status, seconds, answer = _raw_request(server.port, head, [])
         assert status == 413 and seconds < 2
+        # In the service's JSON error shape (it was the framework's plain text).
+        headers, _, body = answer.partition(b"\r\n\r\n")
+        assert b"content-type: application/json" in headers.lower()
+        assert json.loads(body)["error"]["code"] == "upload_too_large"
         # A chunked body without a length is refused once it passes the limit: the server
         # answers while the client is still sending.
         head = (
@@ -90,7 +103,7 @@ def test_upload_limit_refuses_before_reading_the_body(tmp_path: Path) -> None:
         part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
         first = f"{len(part):x}\r\n".encode() + part + b"\r\n"
         chunk = b"10000\r\n" + b"\0" * 0x10000 + b"\r\n"  # 64 KiB chunks
-        status, _ = _raw_request(server.port, head, [first] + [chunk] * 40)  # 2.5 MiB offered
+        status, _, _ = _raw_request(server.port, head, [first] + [chunk] * 40)  # 2.5 MiB offered
         assert status == 413
         metrics = httpx.get(server.url + "/metrics").text
         assert 'asr_requests_rejected_total{reason="too_large"} 2.0' in metrics
