@@ -84,7 +84,7 @@ async def _round(url: str, clip: bytes, bomb: bytes | None) -> dict[str, float]:
             r = await client.post("/transcribe", files={"file": (name, payload)})
             return r.status_code, time.perf_counter() - started
 
-        bombs = [post(f"bomb{i}.opus", bomb) for i in range(BOMBS if bomb else 0)]
+        bombs = [post(f"bomb{i}.opus", bomb) for i in range(BOMBS)] if bomb is not None else []
         normal = asyncio.ensure_future(post("clip.mp3", clip))
         refused = await asyncio.gather(*bombs)
         status, seconds = await normal
