@@ -47,6 +47,9 @@ class InstantBackend:
         seg = Segment(0, 0.0, d, "hello", avg_logprob=-0.2, no_speech_prob=0.01, compression_ratio=1.1)
         return Transcript("hello", "en", 1.0, d, [seg])
 
+    def detect_language(self, audio: Any) -> tuple[str, float]:
+        return "en", 1.0
+
     def close(self) -> None:
         pass
 

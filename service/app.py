@@ -19,12 +19,14 @@ from fastapi.responses import JSONResponse
 from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException
 
-from service.api import health, openai, samples, transcribe
-from service.api.common import FORM_OVERHEAD_BYTES, UPLOAD_ROUTES, describe_validation_error
+from service.api import asr_webservice, health, jobs, openai, samples, transcribe
+from service.api.common import FORM_OVERHEAD_BYTES, UPLOAD_ROUTES, describe_validation_error, first_field
 from service.body_limit import BodyLimitMiddleware
 from service.config import Settings
 from service.errors import ServiceError
 from service.gpu import GpuCollector
+from service.jobs.runner import JobRunner
+from service.jobs.store import JobStore
 from service.logs import configure_logging
 from service.metrics import Metrics, worker_pids
 from service.middleware import ObserverMiddleware, request_state
@@ -68,6 +70,7 @@ def create_app(
     store = SampleStore(quality.dir, quality.max_samples, quality.retention_days) if quality.sample_rate > 0 else None
     job = QualityJob(store, metrics, quality.normalizer) if store else None
     pipeline = build_pipeline(settings, metrics, backend_factory, store)
+    runner = JobRunner(JobStore(settings.jobs.dir), pipeline, settings, metrics)
     engine, scheduler, decoder, lifecycle = pipeline.engine, pipeline.scheduler, pipeline.decoder, pipeline.lifecycle
     if restore_counters is None:
         restore_counters = not metrics.multiprocess
@@ -77,7 +80,10 @@ def create_app(
         await scheduler.start()
         if drain_on_signals:
             lifecycle.install_signal_handlers()
-        tasks = [asyncio.create_task(asyncio.to_thread(engine.load), name="model-load")]
+        tasks = [
+            asyncio.create_task(asyncio.to_thread(engine.load), name="model-load"),
+            asyncio.create_task(runner.run_forever(), name="jobs"),
+        ]
         if job is not None:
             metrics.quality_enabled.set(1)
             if restore_counters:
@@ -112,12 +118,16 @@ def create_app(
     app.state.lifecycle = lifecycle
     app.state.store = store
     app.state.quality_job = job
+    app.state.jobs = runner
+    app.state.model_aliases_seen = set()  # model names clients asked for, logged once each
 
     app.include_router(health.router)
     if settings.server.metrics_port is None:
         app.include_router(health.metrics_router)
     app.include_router(transcribe.router)
     app.include_router(openai.router)
+    app.include_router(asr_webservice.router)
+    app.include_router(jobs.router)
     app.include_router(samples.router)
     _install_error_handlers(app, metrics)
     upload_limit = settings.limits.max_upload_bytes + FORM_OVERHEAD_BYTES
@@ -144,10 +154,10 @@ def _own_pids(metrics: Metrics) -> Any:
     return pids
 
 
-def _error_body(status: int, code: str, message: str) -> dict[str, Any]:
-    # `type` mirrors OpenAI's error shape, which its client parses.
+def _error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    # `type` and `param` mirror OpenAI's error shape, which its client parses.
     kind = "server_error" if status >= 500 else "invalid_request_error"
-    return {"error": {"code": code, "message": message, "type": kind}}
+    return {"error": {"code": code, "message": message, "type": kind, "param": param}}
 
 
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
@@ -158,20 +168,22 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         message: str,
         reason: str | None,
         headers: dict[str, str] | None = None,
+        param: str | None = None,
     ) -> JSONResponse:
         if reason is not None:
             metrics.rejected.labels(reason).inc()
         request_state(request.scope)["error"] = code
-        return JSONResponse(_error_body(status, code, message), status_code=status, headers=headers)
+        return JSONResponse(_error_body(status, code, message, param), status_code=status, headers=headers)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return reject(request, exc.status, exc.code, exc.message, exc.reason, exc.headers)
+        return reject(request, exc.status, exc.code, exc.message, exc.reason, exc.headers, exc.param)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         message = describe_validation_error(exc)  # type: ignore[arg-type]
-        return reject(request, 422, "invalid_parameter", message, "bad_request")
+        param = first_field(exc)  # type: ignore[arg-type]
+        return reject(request, 422, "invalid_parameter", message, "bad_request", param=param)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

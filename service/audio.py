@@ -160,6 +160,12 @@ class _SampleSink:
                 self.file.write(c.tobytes())
             self._chunks = []
 
+    def keep_first(self, n: int) -> None:
+        """Drop what was decoded past the first `n` samples (in memory only: n is small)."""
+        assert self.file is None
+        samples = np.concatenate(self._chunks)[:n]
+        self._chunks, self.n = [samples], len(samples)
+
     def result(self, info: AudioInfo, warnings: list[str]) -> DecodedAudio:
         if self.file is not None:
             self.file.flush()
@@ -200,14 +206,19 @@ def decode_audio(
     spill_seconds: float = 600.0,
     spill_dir: str | None = None,
     cancel: threading.Event | None = None,
+    keep_seconds: float | None = None,
+    enforce_length: bool | None = None,
 ) -> DecodedAudio:
-    """Decode `source` (a seekable binary file) to 16 kHz mono float32.
+    """Decode `source` (a seekable binary file) to 16 kHz mono float32; with `keep_seconds`, only
+    its first seconds. A declared length over `max_seconds` is refused unless `enforce_length` is
+    False (its default when only the first seconds are wanted).
 
     Raises EmptyUploadError, UnsupportedMediaError, AudioDecodeError, AudioTooLongError,
     InsufficientStorageError, or Cancelled when `cancel` is set.
     """
+    enforce = keep_seconds is None if enforce_length is None else enforce_length
     try:
-        return _decode(source, max_seconds, spill_seconds, spill_dir, cancel)
+        return _decode(source, max_seconds, spill_seconds, spill_dir, cancel, keep_seconds, enforce)
     except (ServiceError, Cancelled):
         raise
     except OSError as exc:
@@ -229,6 +240,8 @@ def _decode(
     spill_seconds: float,
     spill_dir: str | None,
     cancel: threading.Event | None,
+    keep_seconds: float | None = None,
+    enforce_length: bool = True,
 ) -> DecodedAudio:
     source.seek(0, os.SEEK_END)
     size = source.tell()
@@ -260,17 +273,65 @@ def _decode(
             _check_plausible(info.source_rate, info.source_channels)
             declared = container.duration / av.time_base if container.duration else None
             trusted = any(name in _TRUSTED_DURATION_FORMATS for name in info.container.split(","))
-            if trusted and declared is not None and declared > max_seconds + 1.0:
+            if enforce_length and trusted and declared is not None and declared > max_seconds + 1.0:
                 raise AudioTooLongError(
                     f"the audio lasts {declared:.0f} s, longer than the limit of {max_seconds:.0f} s"
                 )
-            _decode_stream(container, stream, sink, _max_samples(max_seconds), cancel)
+            keep = None if keep_seconds is None else int(keep_seconds * SAMPLE_RATE)
+            _decode_stream(container, stream, sink, _max_samples(max_seconds), cancel, keep)
         if sink.n == 0:
             raise AudioDecodeError("no audio samples could be decoded from the upload")
         decoded_seconds = sink.n / SAMPLE_RATE
+        if keep is not None:
+            return sink.result(info, [])
         _check_complete(info, declared, decoded_seconds, head, size)
         warnings = _ogg_truncation_warning(source, size, decoded_seconds) if info.container == "ogg" else []
         return sink.result(info, warnings)
+    except BaseException:
+        sink.discard()
+        raise
+
+
+def decode_pcm(
+    source: IO[bytes],
+    *,
+    max_seconds: float,
+    spill_seconds: float = 600.0,
+    spill_dir: str | None = None,
+    cancel: threading.Event | None = None,
+    keep_seconds: float | None = None,
+) -> DecodedAudio:
+    """Read raw 16 kHz mono signed 16-bit little-endian PCM (what Bazarr sends with encode=false).
+
+    Read in 1 MB steps, so a two-hour film never sits in memory whole. Raises EmptyUploadError,
+    AudioTooLongError, InsufficientStorageError or Cancelled.
+    """
+    sink = _SampleSink(int(spill_seconds * SAMPLE_RATE), spill_dir)
+    max_samples = _max_samples(max_seconds)
+    keep = None if keep_seconds is None else int(keep_seconds * SAMPLE_RATE)
+    source.seek(0)
+    carry = b""
+    try:
+        while chunk := source.read(1 << 20):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            data = carry + chunk
+            whole = len(data) - len(data) % 2  # a sample may straddle two reads
+            carry = data[whole:]
+            sink.add(np.frombuffer(data[:whole], dtype="<i2").astype(np.float32) / 32768.0)
+            if keep is not None and sink.n >= keep:
+                sink.keep_first(keep)
+                break
+            if sink.n > max_samples:
+                raise AudioTooLongError(f"the audio is longer than the limit of {max_samples / SAMPLE_RATE:.0f} s")
+        if sink.n == 0:
+            raise EmptyUploadError("the uploaded PCM holds no samples")
+        return sink.result(AudioInfo("raw", "pcm_s16le", SAMPLE_RATE, 1), [])
+    except OSError as exc:
+        sink.discard()
+        if is_disk_full(exc):
+            raise InsufficientStorageError("the service's temporary disk is full; retry later") from exc
+        raise
     except BaseException:
         sink.discard()
         raise
@@ -292,6 +353,7 @@ def _decode_stream(
     sink: _SampleSink,
     max_samples: int,
     cancel: threading.Event | None,
+    keep: int | None = None,
 ) -> None:
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     checked = False
@@ -306,6 +368,9 @@ def _decode_stream(
             frame.pts = None  # the resampler needs no timestamps and rejects odd ones
             for out in resampler.resample(frame):
                 sink.add(_mono(out))
+            if keep is not None and sink.n >= keep:
+                sink.keep_first(keep)
+                return
             if sink.n > max_samples:
                 raise AudioTooLongError(f"the audio is longer than the limit of {max_samples / SAMPLE_RATE:.0f} s")
         for out in resampler.resample(None):

@@ -1,10 +1,11 @@
 """Why a piece of work should stop, shared by the event loop and the thread that does the work.
 
-One token per request (or job window, or stream decode). Whoever decides the work is no longer
-wanted cancels the token with a reason: the request's deadline ("timeout"), the client hanging
-up ("client_disconnected"), the service draining ("shutting_down"), or more urgent work taking
-the worker ("preempted"). The worker thread polls `event` between segments and windows; the
-coroutine waiting for the result wakes at once through `wait()`.
+One token per request (or job, or stream decode). Whoever decides the work is no longer wanted
+cancels the token with a reason: the request's deadline ("timeout"), the client hanging up
+("client_disconnected"), the service draining ("shutting_down"), more urgent work taking the
+worker ("preempted"), or a job's owner cancelling it ("job_cancelled"). The worker thread polls
+`event` between segments and windows; the coroutine waiting for the result wakes at once
+through `wait()`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ TIMEOUT = "timeout"
 CLIENT_DISCONNECTED = "client_disconnected"
 SHUTTING_DOWN = "shutting_down"
 PREEMPTED = "preempted"
+JOB_CANCELLED = "job_cancelled"
 
 
 class CancelToken:

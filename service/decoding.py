@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from service.audio import DecodedAudio, decode_audio
+from service.audio import DecodedAudio, decode_audio, decode_pcm
 from service.backends.base import Cancelled
 from service.errors import error_for_cancellation
 
@@ -31,7 +31,14 @@ class EncodedAudio:
     file: IO[bytes]
 
 
-AudioSource = EncodedAudio | DecodedAudio
+@dataclass(frozen=True)
+class RawPcm:
+    """Raw 16 kHz mono s16le samples (whisper-asr-webservice's encode=false)."""
+
+    file: IO[bytes]
+
+
+AudioSource = EncodedAudio | RawPcm | DecodedAudio
 
 
 class DecodePool:
@@ -44,15 +51,15 @@ class DecodePool:
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
 
-    async def decode(self, source: AudioSource, token: CancelToken) -> DecodedAudio:
-        """Return 16 kHz mono samples of `source`.
+    async def decode(self, source: AudioSource, token: CancelToken, keep_seconds: float | None = None) -> DecodedAudio:
+        """Return 16 kHz mono samples of `source` (only its first `keep_seconds` when given).
 
         Raises the audio errors (400/413/415/422/507), or the answer for a cancelled `token`.
         """
         if isinstance(source, DecodedAudio):
             return source
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._decode_file, source.file, token)
+        future = loop.run_in_executor(self._executor, self._decode_file, source, token, keep_seconds)
         stop = asyncio.ensure_future(token.wait())
         try:
             waits: list[asyncio.Future[Any]] = [future, stop]
@@ -69,18 +76,35 @@ class DecodePool:
         future.add_done_callback(_close_late_result)
         raise error_for_cancellation(token.reason)
 
-    def _decode_file(self, file: IO[bytes], token: CancelToken) -> DecodedAudio:
+    def _decode_file(
+        self, source: EncodedAudio | RawPcm, token: CancelToken, keep_seconds: float | None
+    ) -> DecodedAudio:
         if token.cancelled:
             raise Cancelled()
         self._metrics.decodes_in_flight.inc()
         started = time.perf_counter()
+        decode = decode_pcm if isinstance(source, RawPcm) else decode_audio
         try:
-            return decode_audio(
-                file, max_seconds=self.max_seconds, spill_seconds=self.spill_seconds, cancel=token.event
+            return decode(
+                source.file,
+                max_seconds=self.max_seconds,
+                spill_seconds=self.spill_seconds,
+                cancel=token.event,
+                keep_seconds=keep_seconds,
             )
         finally:
             self._metrics.decode_seconds.observe(time.perf_counter() - started)
             self._metrics.decodes_in_flight.dec()
+
+    async def probe(self, source: EncodedAudio) -> None:
+        """Check an upload before it is accepted for later: that it is audio, plausible, decodable
+        at its start and not declared too long. Raises the audio errors (400/413/415/422)."""
+
+        def check() -> None:
+            decode_audio(source.file, max_seconds=self.max_seconds, keep_seconds=1.0, enforce_length=True).close()
+            source.file.seek(0)
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, check)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -33,10 +33,11 @@ class ServiceError(Exception):
     code: ClassVar[str] = "bad_request"
     reason: ClassVar[str] = "bad_request"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.param = param  # the request field at fault (OpenAI's error shape names it)
 
 
 class BadRequestError(ServiceError):
@@ -172,6 +173,13 @@ class ShuttingDownError(ServiceError):
         super().__init__(message, headers={"Retry-After": "1"})
 
 
+class JobCancelledError(ServiceError):
+    """A job's work stopped because the job was cancelled (the runner's concern, never an answer)."""
+
+    status = 409
+    code = "job_cancelled"
+
+
 class InsufficientStorageError(ServiceError):
     """The disk that uploads and long audio spill to is full (507); small requests still work."""
 
@@ -196,6 +204,8 @@ def error_for_cancellation(reason: str | None, time_limit: float | None = None) 
         return ClientGoneError()
     if reason == "shutting_down":
         return ShuttingDownError("the service shut down before the request finished; retry on another instance")
+    if reason == "job_cancelled":
+        return JobCancelledError("the job was cancelled")
     limit = f" {time_limit:.0f} s" if time_limit is not None else ""
     return RequestTimeoutError(f"the request took longer than its{limit} limit and was stopped")
 

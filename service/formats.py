@@ -103,31 +103,41 @@ def service_json(result: Result, verbose: bool) -> dict[str, Any]:
     }
 
 
+def _whisper_segment(s: Segment) -> dict[str, Any]:
+    """A segment as openai-whisper's result dict (and OpenAI's verbose_json) has it."""
+    return {
+        "id": s.id,
+        "seek": s.seek,
+        "start": round(s.start, 3),
+        "end": round(s.end, 3),
+        "text": s.text,
+        "tokens": s.tokens,
+        "temperature": s.temperature if s.temperature is not None else 0.0,
+        "avg_logprob": s.avg_logprob if s.avg_logprob is not None else 0.0,
+        "compression_ratio": s.compression_ratio if s.compression_ratio is not None else 0.0,
+        "no_speech_prob": s.no_speech_prob if s.no_speech_prob is not None else 0.0,
+    }
+
+
+def usage(result: Result) -> dict[str, Any]:
+    """OpenAI's usage object for models billed by audio duration."""
+    return {"type": "duration", "seconds": round(result.transcript.duration, 3)}
+
+
 def openai_json(result: Result, task: str, verbose: bool, words: bool) -> dict[str, Any]:
-    """OpenAI's /v1/audio/transcriptions (and translations) JSON shapes."""
+    """OpenAI's /v1/audio/transcriptions (and translations) JSON shapes.
+
+    A translation's language is its output's, English, as OpenAI reports it."""
     t = result.transcript
     if not verbose:
-        return {"text": t.text}
+        return {"text": t.text, "usage": usage(result)}
     out: dict[str, Any] = {
         "task": task,
-        "language": language_name(t.language),
+        "language": "english" if task == "translate" else language_name(t.language),
         "duration": round(t.duration, 3),
         "text": t.text,
-        "segments": [
-            {
-                "id": s.id,
-                "seek": 0,
-                "start": round(s.start, 3),
-                "end": round(s.end, 3),
-                "text": s.text,
-                "tokens": s.tokens,
-                "temperature": s.temperature if s.temperature is not None else 0.0,
-                "avg_logprob": s.avg_logprob if s.avg_logprob is not None else 0.0,
-                "compression_ratio": s.compression_ratio if s.compression_ratio is not None else 0.0,
-                "no_speech_prob": s.no_speech_prob if s.no_speech_prob is not None else 0.0,
-            }
-            for s in t.segments
-        ],
+        "segments": [_whisper_segment(s) for s in t.segments],
+        "usage": usage(result),
     }
     if words:
         out["words"] = [
@@ -136,6 +146,33 @@ def openai_json(result: Result, task: str, verbose: bool, words: bool) -> dict[s
             for w in s.words or []
         ]
     return out
+
+
+def to_tsv(segments: list[Segment]) -> str:
+    """Tab-separated start and end in integer milliseconds, and the text (whisper's tsv writer)."""
+    rows = ["start\tend\ttext"]
+    rows += [f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{s.text.strip().replace(chr(9), ' ')}" for s in segments]
+    return "\n".join(rows) + "\n"
+
+
+def whisper_json(result: Result) -> dict[str, Any]:
+    """openai-whisper's result dict: text, segments (with words when there are), language code."""
+    t = result.transcript
+    segments = []
+    for s in t.segments:
+        item = _whisper_segment(s)
+        if s.words is not None:
+            item["words"] = [
+                {
+                    "word": w.word,
+                    "start": round(w.start, 3),
+                    "end": round(w.end, 3),
+                    "probability": round(w.probability, 4),
+                }
+                for w in s.words
+            ]
+        segments.append(item)
+    return {"text": t.text, "segments": segments, "language": t.language}
 
 
 def render_text(result: Result, fmt: str) -> str:

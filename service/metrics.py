@@ -66,6 +66,10 @@ NO_SPEECH_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 COMPRESSION_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.4, 3.0, 4.0, 6.0, 10.0)
 
 HALLUCINATION_KINDS = ("repetition", "silence", "phantom_phrase")
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
+# A job from submission to its end: a minute to several hours.
+JOB_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0)
 SKIP_REASONS = ("missing_audio", "damaged_audio", "missing_record")
 UNMATCHED_ROUTE = "<unmatched>"
 
@@ -249,6 +253,25 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.jobs = Gauge(
+            "asr_jobs",
+            "Jobs in the job table by state (finished ones until their retention ends).",
+            ["state"],
+            registry=r,
+            multiprocess_mode="livemax",  # every process reads the same shared table
+        )
+        self.job_duration = Histogram(
+            "asr_job_duration_seconds",
+            "Time from a job's submission to its end, for jobs that succeeded.",
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "asr_webhook_deliveries",
+            "Job webhook deliveries by outcome (retried: failed, another attempt follows).",
+            ["outcome"],
+            registry=r,
+        )
         self.quality_samples = Counter(
             "asr_quality_samples",
             "Requests kept for quality review.",
@@ -316,6 +339,8 @@ class Metrics:
             self.hallucinations.labels(kind)
         for reason in SKIP_REASONS:
             self.quality_skipped.labels(reason)
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhook_deliveries.labels(outcome)
         if not self.multiprocess:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
 from service.backends.base import Backend, Cancelled, Segment, TranscribeOptions, Transcript
 from service.cancellation import CancelToken
@@ -28,6 +28,7 @@ from service.gpu import is_out_of_memory
 from service.languages import language_label
 from service.outcome import Outcome
 from service.quality import hallucination
+from service.resegment import split_by_words
 from service.scheduler import Preempted, Priority
 from service.windowing import transcribe_windowed
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from service.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+DETECTION_SECONDS = 30.0  # Whisper decides the language from one 30 s window
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class RequestOptions:
     prompt: str | None = None
     temperature: float | None = None
     rich_output: bool = False
+    # The answer needs subtitle-sized segments (srt, vtt, verbose JSON, jobs): batched decoding
+    # then also asks for word timings and splits its 30 s chunks by them.
+    fine_segments: bool = False
 
 
 @dataclass
@@ -73,6 +78,10 @@ class Work:
     on_segment: Callable[[Segment], None] | None = None
     # False for work whose audio is counted elsewhere (a live stream's partial hypotheses).
     observe: bool = True
+    # "detect_language": only the first 30 s are decoded and the engine names their language.
+    mode: Literal["transcribe", "detect_language"] = "transcribe"
+    # Seconds to wait for an admission place instead of a 429 (clients that never retry).
+    admission_wait: float = 0.0
 
 
 class Pipeline:
@@ -96,11 +105,13 @@ class Pipeline:
 
     # ---- admission and checks ---------------------------------------------------------
 
-    def check_admission(self) -> None:
-        """Raise now, before an upload is read, what admission would raise after: 503 or 429."""
+    def check_admission(self, room: bool = True) -> None:
+        """Raise now, before an upload is read, what admission would raise after: 503, or 429
+        unless `room` is False (the request will wait for a place instead)."""
         self.engine.ready_backend()
         self.lifecycle.check_accepting()
-        self.scheduler.check_room()
+        if room:
+            self.scheduler.check_room()
 
     def check_options(self, request: RequestOptions) -> TranscribeOptions:
         """Return engine options for `request`; raises BadRequestError / UnsupportedFeatureError."""
@@ -132,6 +143,22 @@ class Pipeline:
             temperature=request.temperature,
         )
 
+    def batching(self, backend: Backend, duration: float) -> bool:
+        """Whether to decode `duration` seconds batched (ASR_BATCHING, ASR_BATCH_MIN_SECONDS)."""
+        mode = self.settings.decode.batching
+        if mode == "off" or not backend.capabilities.batching:
+            return False
+        return mode == "on" or backend.device.startswith("cuda") or duration >= self.settings.decode.batch_min_seconds
+
+    def _for_audio(
+        self, backend: Backend, options: TranscribeOptions, request: RequestOptions, duration: float
+    ) -> TranscribeOptions:
+        """The options once the audio's length is known: batched or not, and the word timings
+        that subtitle-sized segments need from batched decoding."""
+        batched = self.batching(backend, duration)
+        words = options.word_timestamps or (batched and request.fine_segments and backend.capabilities.word_timestamps)
+        return replace(options, batched=batched, word_timestamps=words)
+
     def timeout_for(self, duration: float) -> float:
         limits = self.settings.limits
         return limits.request_timeout_seconds + duration * limits.timeout_per_audio_second
@@ -147,12 +174,18 @@ class Pipeline:
         backend = self.engine.ready_backend()
         self.lifecycle.check_accepting()
         options = self.check_options(work.options)
-        ticket = self.scheduler.admit() if work.priority == Priority.INTERACTIVE else None
+        ticket = None
+        if work.priority == Priority.INTERACTIVE:
+            waiting = work.admission_wait > 0
+            ticket = await self.scheduler.admit_waiting(work.admission_wait) if waiting else self.scheduler.admit()
         try:
             with self.lifecycle.track(work.token):
                 admitted = time.perf_counter()
+                if work.mode == "detect_language":
+                    return await self._detect(backend, work)
                 audio = await self.decoder.decode(work.source, work.token)
                 try:
+                    options = self._for_audio(backend, options, work.options, audio.duration)
                     transcript, seconds = await self._schedule(backend, audio, options, work)
                     flags = await asyncio.to_thread(hallucination.inspect, transcript, audio)
                 except BaseException:
@@ -162,7 +195,9 @@ class Pipeline:
                     transcript, backend.name, backend.model, seconds, warnings=[*_warnings(flags), *audio.warnings]
                 )
                 if work.observe:
-                    self._observe(backend, result, flags, time.perf_counter() - admitted)
+                    # Answer time per audio second is a client's latency: interactive work only.
+                    interactive = work.priority == Priority.INTERACTIVE
+                    self._observe(backend, result, flags, time.perf_counter() - admitted if interactive else None)
                 return Outcome(result, audio, flags)
         finally:
             if ticket is not None:
@@ -173,9 +208,14 @@ class Pipeline:
     ) -> tuple[Transcript, float]:
         window = self.settings.decode.long_audio_window_seconds
 
+        resplit = options.batched and work.options.fine_segments
+
         def job(cancel: threading.Event) -> tuple[Transcript, float]:
             started = time.perf_counter()
             transcript = transcribe_windowed(backend, audio, options, window, cancel, work.on_segment)
+            if resplit:
+                segments = split_by_words(transcript.segments, keep_words=work.options.word_timestamps)
+                transcript = replace(transcript, segments=segments)
             return transcript, time.perf_counter() - started
 
         try:
@@ -188,6 +228,27 @@ class Pipeline:
             raise BackendError("the engine stopped before it finished") from None
         except Exception as exc:
             raise self._backend_failure(exc) from exc
+
+    async def _detect(self, backend: Backend, work: Work) -> Outcome:
+        """Language detection on the first 30 s: decode them, ask the engine, count nothing as served."""
+        audio = await self.decoder.decode(work.source, work.token, keep_seconds=DETECTION_SECONDS)
+
+        def job(cancel: threading.Event) -> tuple[tuple[str, float], float]:
+            started = time.perf_counter()
+            return backend.detect_language(audio.read()), time.perf_counter() - started
+
+        try:
+            (language, probability), seconds = await self.scheduler.run(
+                job, token=work.token, priority=work.priority, time_limit=self.timeout_for(audio.duration)
+            )
+        except ServiceError:
+            audio.close()
+            raise
+        except Exception as exc:
+            audio.close()
+            raise self._backend_failure(exc) from exc
+        transcript = Transcript("", language, probability, audio.duration, [])
+        return Outcome(Result(transcript, backend.name, backend.model, seconds), audio, [])
 
     async def keep_sample(self, outcome: Outcome, request_id: str | None = None) -> str | None:
         """Offer the outcome to the quality sampler (after the answer has gone out); frees its audio."""
@@ -203,7 +264,7 @@ class Pipeline:
         log.exception("engine failed")
         return BackendError(f"the engine failed: {type(exc).__name__}")
 
-    def _observe(self, backend: Backend, result: Result, flags: list[str], elapsed: float) -> None:
+    def _observe(self, backend: Backend, result: Result, flags: list[str], elapsed: float | None) -> None:
         m, t = self.metrics, result.transcript
         labels = (backend.name, backend.model, language_label(t.language))
         m.audio_duration.labels(*labels).observe(t.duration)
@@ -212,7 +273,7 @@ class Pipeline:
         m.inference_seconds.labels(*labels).inc(result.processing_seconds)
         if result.rtf is not None:
             m.rtf.labels(backend.name, backend.model).observe(result.rtf)
-        if t.duration >= MIN_RTF_AUDIO_SECONDS:
+        if elapsed is not None and t.duration >= MIN_RTF_AUDIO_SECONDS:
             m.request_rtf.labels(backend.name, backend.model).observe(elapsed / t.duration)
         for seg in t.segments:
             if seg.avg_logprob is not None:

@@ -9,8 +9,9 @@ Priorities (lower runs first), and what keeps each class from crowding out the o
   when none is free the request is refused at once (429 with a Retry-After estimated from recent
   service times). Decoding counts: a request being decoded holds its ticket.
 - STREAM: live partial hypotheses; they hold at most `workers - 1` workers (1 with one worker).
-- BATCH: job windows; at most `workers - 1` workers, and, so that jobs are not starved under a
-  steady stream of requests, `batch_share` of the dispatches while both kinds wait.
+- BATCH: job windows; at most `workers - 1` workers while requests keep arriving (any in the last
+  minute), every worker once they have stopped, and, so that jobs are not starved under a steady
+  stream of requests, `batch_share` of the dispatches while both kinds wait.
 - IDLE: background scoring; only when nothing else waits, one worker at most, and cancelled
   (reason "preempted") when interactive work arrives and no worker is free.
 
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from service.metrics import Metrics
 
 T = TypeVar("T")
+# After this long without an interactive request, batch work may take every worker.
+QUIET_SECONDS = 60.0
 
 
 class Priority(enum.IntEnum):
@@ -94,7 +97,9 @@ class Scheduler:
         self._running_tokens: dict[Priority, set[CancelToken]] = {p: set() for p in Priority}
         self._tickets = 0
         self._batch_credit = 0.0
+        self._last_interactive = -QUIET_SECONDS
         self._changed: asyncio.Condition | None = None
+        self._ticket_freed: asyncio.Event | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Exponentially weighted mean interactive service time, for Retry-After.
@@ -104,6 +109,7 @@ class Scheduler:
 
     async def start(self) -> None:
         self._changed = asyncio.Condition()
+        self._ticket_freed = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="inference")
         self._tasks = [asyncio.create_task(self._work(), name=f"inference-{i}") for i in range(self.workers)]
         self._metrics.queue_capacity.set(self.queue_size)
@@ -165,10 +171,27 @@ class Scheduler:
         """Take an admission ticket; raises QueueFullError when every place is taken."""
         self.check_room()
         self._tickets += 1
+        self._last_interactive = time.monotonic()
         return Ticket(self)
+
+    async def admit_waiting(self, seconds: float) -> Ticket:
+        """Take a ticket, waiting up to `seconds` for one to free up (for clients that never retry a
+        429); raises QueueFullError when none did."""
+        assert self._ticket_freed is not None, "scheduler not started"
+        deadline = time.monotonic() + seconds
+        while not self.has_room():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise QueueFullError(self.retry_after())
+            self._ticket_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ticket_freed.wait(), left)
+        return self.admit()
 
     def _release_ticket(self) -> None:
         self._tickets -= 1
+        if self._ticket_freed is not None:
+            self._ticket_freed.set()
 
     # ---- running ---------------------------------------------------------------------
 
@@ -226,6 +249,9 @@ class Scheduler:
             return self.workers
         if priority == Priority.IDLE:
             return 1
+        quiet = time.monotonic() - self._last_interactive > QUIET_SECONDS
+        if priority == Priority.BATCH and quiet and not self._waiting[Priority.INTERACTIVE]:
+            return self.workers
         return max(1, self.workers - 1)
 
     def _preempt_idle(self) -> None:

@@ -21,12 +21,14 @@ from deploy.local_stack import free_port
 from service.app import create_app
 from service.config import (
     DecodeSettings,
+    JobSettings,
     LimitSettings,
     ModelSettings,
     QualitySettings,
     SchedulerSettings,
     ServerSettings,
     Settings,
+    WebhookSettings,
 )
 from service.metrics import Metrics
 
@@ -82,6 +84,7 @@ def make_settings(tmp_path: Path, **groups: dict[str, Any]) -> Settings:
     """Settings for tests: tiny.en, quality store in tmp_path, sampling off unless asked."""
     model = {"model": "embedded:tiny.en", "cache_dir": tmp_path / "cache", **groups.pop("model", {})}
     quality = {"dir": tmp_path / "quality", "sample_rate": 0.0, **groups.pop("quality", {})}
+    jobs = {"dir": tmp_path / "jobs", **groups.pop("jobs", {})}
     return Settings(
         model=ModelSettings(**model),
         decode=DecodeSettings(**groups.pop("decode", {})),
@@ -89,6 +92,8 @@ def make_settings(tmp_path: Path, **groups: dict[str, Any]) -> Settings:
         scheduler=SchedulerSettings(**groups.pop("scheduler", {})),
         server=ServerSettings(**groups.pop("server", {})),
         quality=QualitySettings(**quality),
+        jobs=JobSettings(**jobs),
+        webhook=WebhookSettings(**groups.pop("webhook", {})),
     )
 
 
@@ -133,7 +138,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 async def settled_readiness(h: AppHandle, headers: dict[str, str] | None = None) -> httpx.Response:
     """Poll /readyz until the model is no longer loading (20 s at most); return the last answer."""
     async with asyncio.timeout(20):
-        while (r := await h.client.get("/readyz", headers=headers)).json()["status"] == "loading":  # noqa: ASYNC110 - only HTTP shows it
+        while (r := await h.client.get("/readyz", headers=headers)).json()["status"] == "loading":
             await asyncio.sleep(0.05)
     return r
 
@@ -172,6 +177,7 @@ def serve(
         "ASR_MODEL": "embedded:tiny.en",
         "ASR_CACHE_DIR": str(tmp_path / "cache"),
         "ASR_QUALITY_DIR": str(tmp_path / "quality"),
+        "ASR_JOBS_DIR": str(tmp_path / "jobs"),
         "ASR_QUALITY_SAMPLE_RATE": "0",
         **env,
         "ASR_HOST": "127.0.0.1",

@@ -59,6 +59,9 @@ class FakeBackend:
         segment = Segment(id=0, start=0.0, end=duration, text=self.text, **self.segment_fields)
         return Transcript(self.text, options.language or self.language, 0.99, duration, [segment])
 
+    def detect_language(self, audio: npt.NDArray[np.float32]) -> tuple[str, float]:
+        return self.language, 0.97
+
     def close(self) -> None:
         self.closed = True
 

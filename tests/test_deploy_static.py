@@ -194,7 +194,16 @@ def test_dashboards_have_stable_uids_a_datasource_variable_and_the_panels_asked_
     titles = {name: " | ".join(p["title"] for p in _panels(name)).lower() for name in DASHBOARDS}
     for name, words in {
         "asr-overview": ["requests", "success", "latency", "real-time factor", "queue", "gpu memory"],
-        "asr-performance": ["by route", "by language", "backend and model", "queue wait", "in flight", "429"],
+        "asr-performance": [
+            "by route",
+            "by language",
+            "backend and model",
+            "queue wait",
+            "in flight",
+            "429",
+            "jobs by state",
+            "webhook deliveries",
+        ],
         "asr-quality": ["word error rate", "character error rate", "samples kept", "pending", "last succeeded"],
         "asr-resources": [
             "gpu utilisation",

@@ -195,6 +195,7 @@ async def test_interactive_work_goes_first_and_jobs_leave_a_worker_free() -> Non
         return job
 
     try:
+        await submit(scheduler, lambda cancel: None)  # requests are arriving
         windows = [asyncio.create_task(submit(scheduler, window(f"w{i}"), None, Priority.BATCH)) for i in range(3)]
         await asyncio.sleep(0.03)
         request = asyncio.create_task(submit(scheduler, lambda cancel: order.append("request")))
@@ -204,6 +205,17 @@ async def test_interactive_work_goes_first_and_jobs_leave_a_worker_free() -> Non
     assert running["peak"] == 1
     # The request started at once on the free worker, before the queued windows w1 and w2.
     assert order.index("request") < order.index("w1")
+
+
+async def test_on_a_quiet_service_jobs_use_every_worker() -> None:
+    scheduler = await started(Scheduler(workers=2, queue_size=4, metrics=Metrics(CollectorRegistry())))
+    running: list[int] = []
+    peak = [0]
+    try:
+        await asyncio.gather(*(submit(scheduler, _sleeper(0.1, running, peak), None, Priority.BATCH) for _ in range(4)))
+    finally:
+        await scheduler.stop()
+    assert peak[0] == 2
 
 
 async def test_jobs_get_their_share_of_turns_under_steady_requests() -> None:

@@ -165,6 +165,19 @@ def performance() -> dict[str, Any]:
         (f"sum(asr_decodes_in_flight{sel()})", "decoding now"),
     ]
     lay.add(timeseries("Decoding", decode), 8)
+    lay.row("Jobs (long audio in the background)")
+    states = [(f"max by (state) (asr_jobs{sel()})", "{{state}}")]
+    lay.add(timeseries("Jobs by state", states, description="Finished jobs count until their retention ends."), 8)
+    lay.add(
+        timeseries(
+            "Job duration p50 / p95",
+            [(quantile(q, "asr_job_duration_seconds"), f"p{round(q * 100)}") for q in (0.5, 0.95)],
+            "s",
+        ),
+        8,
+    )
+    hooks = [(f"sum by (outcome) (increase(asr_webhook_deliveries_total{sel()}[$__rate_interval]))", "{{outcome}}")]
+    lay.add(timeseries("Webhook deliveries by outcome", hooks, stack=True), 8)
     return dashboard(
         "asr-performance",
         "ASR performance",

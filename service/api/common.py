@@ -38,7 +38,9 @@ M = TypeVar("M", bound=BaseModel)
 # Room for multipart framing and the small text fields beside the file.
 FORM_OVERHEAD_BYTES = 1024 * 1024
 # Routes whose body is an upload (ASR_MAX_UPLOAD_BYTES); every other body is capped at 1 MB.
-UPLOAD_ROUTES = frozenset({"/transcribe", "/v1/audio/transcriptions", "/v1/audio/translations"})
+UPLOAD_ROUTES = frozenset(
+    {"/transcribe", "/v1/audio/transcriptions", "/v1/audio/translations", "/asr", "/detect-language", "/v1/jobs"}
+)
 
 
 def settings_of(request: Request) -> Settings:
@@ -121,7 +123,7 @@ async def read_upload_form(
         raise
     except ValidationError as exc:
         await form.close()
-        raise BadRequestError(describe_validation_error(exc)) from None
+        raise BadRequestError(describe_validation_error(exc), param=first_field(exc)) from None
     request_state(request.scope)["upload_bytes"] = upload.size
     return fields, upload, form
 
@@ -133,6 +135,15 @@ def describe_validation_error(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in error["loc"])[:60] or "request"
         parts.append(f"{where}: {error['msg'][:200]}")
     return "; ".join(parts)
+
+
+def first_field(exc: ValidationError) -> str | None:
+    """The name of the first invalid field (for the error's `param`)."""
+    for error in exc.errors():
+        names = [str(p) for p in error["loc"] if isinstance(p, str) and p not in ("body", "query", "path")]
+        if names:
+            return names[-1][:60]
+    return None
 
 
 def form_openapi(model: type[BaseModel], required: tuple[str, ...] = ("file",)) -> dict[str, Any]:

@@ -2,35 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.api.common import engine_of, form_openapi
 from service.api.uploads import transcribe_upload
-from service.errors import BadRequestError, UnsupportedFeatureError, shown
+from service.errors import UnsupportedFeatureError, shown
 from service.formats import MEDIA_TYPES, openai_json, render_text
 from service.languages import normalize_language
 from service.pipeline import RequestOptions
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
 _STARTED = int(time.time())
 # The model name every OpenAI client sends by default; it means "the model served here".
 OPENAI_DEFAULT_MODEL = "whisper-1"
 
 
-class ModelNotFoundError(BadRequestError):
-    status = 404
-    code = "model_not_found"
-
-
 class TranslationForm(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(..., description="The served model's id (see /v1/models) or `whisper-1`.")
+    model: str = Field(
+        ..., max_length=256, description="Any name: the served model answers (see /v1/models), as for `whisper-1`."
+    )
     prompt: str | None = Field(None, max_length=2000)
     response_format: Literal["json", "verbose_json", "text", "srt", "vtt"] = "json"
     temperature: float = Field(0.0, ge=0.0, le=1.0)
@@ -41,13 +40,22 @@ class TranscriptionForm(TranslationForm):
     language: str | None = Field(None, description="ISO-639-1 code of the audio's language.")
     timestamp_granularities: list[Literal["word", "segment"]] = Field(["segment"])
 
+    @field_validator("timestamp_granularities", mode="before")
+    @classmethod
+    def one_or_many(cls, value: object) -> object:
+        # Clients send `timestamp_granularities[]=word` (a list) or a bare `timestamp_granularities=word`.
+        return [value] if isinstance(value, str) else value
+
 
 def _check_model(request: Request, form: TranslationForm) -> None:
     served = engine_of(request).ready_backend().model
     if form.model not in (served, OPENAI_DEFAULT_MODEL):
-        raise ModelNotFoundError(
-            f"model {shown(form.model)} is not served here; use {served!r} or {OPENAI_DEFAULT_MODEL!r}"
-        )
+        # OpenAI-compatible servers answer any model name with the model they serve (clients
+        # hard-code names such as gpt-4o-transcribe); say so once per name, not per request.
+        seen: set[str] = request.app.state.model_aliases_seen
+        if form.model not in seen and len(seen) < 100:
+            seen.add(form.model)
+            log.info("model %s requested: served by %s", shown(form.model), served)
     if form.stream:
         raise UnsupportedFeatureError("streaming responses are not supported; send stream=false")
 
@@ -63,6 +71,7 @@ async def _respond(request: Request, form_model: type[TranslationForm], task: st
             word_timestamps=words,
             prompt=form.prompt,
             temperature=form.temperature,
+            fine_segments=form.response_format in ("srt", "vtt", "verbose_json"),
         )
 
     form, outcome, background = await transcribe_upload(request, form_model, options)

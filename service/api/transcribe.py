@@ -33,7 +33,10 @@ class TranscribeForm(BaseModel):
     rich_output: bool = Field(False, description="SenseVoice only: also return the raw tagged text.")
 
 
-def _options(form: TranscribeForm) -> RequestOptions:
+def request_options(form: TranscribeForm, fine_segments: bool | None = None) -> RequestOptions:
+    """The pipeline's options for a /transcribe-style form (also used by jobs)."""
+    if fine_segments is None:
+        fine_segments = form.response_format in ("srt", "vtt", "verbose_json")
     return RequestOptions(
         language=normalize_language(form.language),
         task=form.task,
@@ -41,6 +44,7 @@ def _options(form: TranscribeForm) -> RequestOptions:
         vad_filter=form.vad_filter,
         prompt=form.prompt,
         rich_output=form.rich_output,
+        fine_segments=fine_segments,
     )
 
 
@@ -60,7 +64,7 @@ def _options(form: TranscribeForm) -> RequestOptions:
     },
 )
 async def transcribe(request: Request) -> Response:
-    form, outcome, background = await transcribe_upload(request, TranscribeForm, _options)
+    form, outcome, background = await transcribe_upload(request, TranscribeForm, request_options)
     fmt = form.response_format
     if fmt in ("json", "verbose_json"):
         body = service_json(outcome.result, verbose=fmt == "verbose_json")

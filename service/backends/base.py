@@ -47,6 +47,9 @@ class TranscribeOptions:
     vad_filter: bool = False
     initial_prompt: str | None = None
     temperature: float | None = None
+    # Decode 30 s chunks found by VAD as one batch (faster-whisper's BatchedInferencePipeline);
+    # the pipeline asks for it on long audio and on CUDA (service.batching).
+    batched: bool = False
 
 
 @dataclass
@@ -63,6 +66,8 @@ class Segment:
     start: float
     end: float
     text: str
+    # Where the decoding window began, in 10 ms mel frames from the start of the audio (Whisper's `seek`).
+    seek: int = 0
     words: list[Word] | None = None
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
@@ -107,6 +112,10 @@ class Backend(Protocol):
         cancel: threading.Event | None = None,
     ) -> Transcript:
         """Transcribe one mono 16 kHz clip; raises Cancelled when `cancel` is set midway."""
+        ...
+
+    def detect_language(self, audio: npt.NDArray[np.float32]) -> tuple[str, float]:
+        """The language spoken in (the first 30 s of) `audio` and the engine's confidence, 0-1."""
         ...
 
     def close(self) -> None:

@@ -100,6 +100,7 @@ class OpenAIWhisperBackend:
                 start=float(s["start"]),
                 end=float(s["end"]),
                 text=s["text"].strip(),
+                seek=int(s["seek"]),
                 words=[Word(w["start"], w["end"], w["word"], w["probability"]) for w in s["words"]]
                 if "words" in s
                 else None,
@@ -118,6 +119,9 @@ class OpenAIWhisperBackend:
             duration=len(audio) / whisper.audio.SAMPLE_RATE,
             segments=segments,
         )
+
+    def detect_language(self, audio: npt.NDArray[np.float32]) -> tuple[str, float]:
+        return self._detect(audio)
 
     def close(self) -> None:
         del self._model

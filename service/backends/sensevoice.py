@@ -155,6 +155,11 @@ class SenseVoiceBackend:
         whole = _segment(0, 0.0, len(audio) / SAMPLE_RATE, split_rich(raw), raw)
         return ([whole] if whole is not None else []), raw
 
+    def detect_language(self, audio: npt.NDArray[np.float32]) -> tuple[str, float]:
+        """SenseVoice tags each stretch with its language: the share of speech in the most common one."""
+        transcript = self.transcribe(audio[: 30 * SAMPLE_RATE], TranscribeOptions())
+        return transcript.language, transcript.language_probability
+
     def close(self) -> None:
         self._auto = None
         if torch.cuda.is_available():

@@ -1,0 +1,336 @@
+"""The job table: jobs, their finished windows, their uploads, in SQLite beside the quality store.
+
+Layout under ASR_JOBS_DIR:
+    jobs.sqlite3        one row per job, one per finished window
+    <id>/upload         the uploaded file, kept until the job ends
+
+A job is worked on by whoever holds its lease (owner "host:pid:nonce", renewed as windows
+finish). A process that dies leaves its lease behind: on the same host it is stale as soon as
+the pid is gone (so a restarted service resumes at once); elsewhere when it expires. Each
+finished window is committed on its own, so a job interrupted anywhere resumes from its last
+finished window.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from service.backends.base import Segment, Word
+from service.metrics import is_alive
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+ACTIVE = ("queued", "running")
+TERMINAL = ("succeeded", "failed", "cancelled")
+LEASE_SECONDS = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    options TEXT NOT NULL,
+    filename TEXT,
+    webhook_url TEXT,
+    duration REAL,
+    windows TEXT,
+    language TEXT,
+    language_probability REAL,
+    audio_done REAL NOT NULL DEFAULT 0,
+    started_at REAL,
+    finished_at REAL,
+    error_code TEXT,
+    error_message TEXT,
+    lease_owner TEXT,
+    lease_until REAL,
+    webhook_state TEXT,
+    webhook_attempts INTEGER NOT NULL DEFAULT 0,
+    webhook_next REAL,
+    webhook_error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created_at);
+CREATE TABLE IF NOT EXISTS job_windows (
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    start REAL NOT NULL,
+    stop REAL NOT NULL,
+    text TEXT NOT NULL,
+    segments TEXT NOT NULL,
+    PRIMARY KEY (job_id, idx)
+);
+"""
+
+
+@dataclass
+class JobRecord:
+    id: str
+    created_at: float
+    status: str
+    options: dict[str, Any]
+    filename: str | None
+    webhook_url: str | None
+    duration: float | None
+    windows: list[tuple[int, int]] | None  # sample ranges, planned once
+    language: str | None
+    language_probability: float | None
+    audio_done: float
+    started_at: float | None
+    finished_at: float | None
+    error_code: str | None
+    error_message: str | None
+    webhook_state: str | None
+    webhook_attempts: int
+    webhook_next: float | None
+    webhook_error: str | None
+
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _lease_stale(owner: str | None, until: float | None, now: float) -> bool:
+    if owner is None or until is None or until < now:
+        return True
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    # On this host a dead owner is known at once; another host's is trusted until its lease ends.
+    return host == socket.gethostname() and pid.isdigit() and not is_alive(int(pid))
+
+
+class JobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.root / "jobs.sqlite3", timeout=30.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.row_factory = sqlite3.Row
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def upload_path(self, job_id: str) -> Path:
+        return self.root / job_id / "upload"
+
+    # ---- submitting and reading ---------------------------------------------------------
+
+    def create(self, upload: Path, options: dict[str, Any], filename: str | None, webhook_url: str | None) -> JobRecord:
+        """Register a queued job whose upload was written to `upload` (moved into the store)."""
+        job_id = uuid.uuid4().hex
+        folder = self.root / job_id
+        folder.mkdir()
+        os.replace(upload, folder / "upload")
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO jobs (id, created_at, status, options, filename, webhook_url)"
+                " VALUES (?, ?, 'queued', ?, ?, ?)",
+                (job_id, time.time(), json.dumps(options), filename, webhook_url),
+            )
+        record = self.get(job_id)
+        assert record is not None
+        return record
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _record(row) if row is not None else None
+
+    def recent(self, limit: int = 100) -> list[JobRecord]:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+        return [_record(r) for r in rows]
+
+    def count_active(self) -> int:
+        with self._db() as db:
+            return int(db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0])
+
+    def counts(self) -> dict[str, int]:
+        with self._db() as db:
+            rows = db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        return {row[0]: int(row[1]) for row in rows}
+
+    def windows(self, job_id: str) -> list[tuple[int, float, list[Segment], str]]:
+        """Finished windows (index, start seconds, segments with times from the audio's start, text)."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT idx, start, segments, text FROM job_windows WHERE job_id = ? ORDER BY idx", (job_id,)
+            ).fetchall()
+        return [(r["idx"], r["start"], [_segment(s) for s in json.loads(r["segments"])], r["text"]) for r in rows]
+
+    # ---- working -------------------------------------------------------------------------
+
+    def claim(self, owner: str, skip: set[str]) -> JobRecord | None:
+        """Take the lease on the oldest active job nobody holds (and not in `skip`); None if none."""
+        now = time.time()
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            rows = db.execute(
+                "SELECT id, lease_owner, lease_until FROM jobs"
+                " WHERE status IN ('queued', 'running') ORDER BY created_at"
+            ).fetchall()
+            for row in rows:
+                if row["id"] in skip or not _lease_stale(row["lease_owner"], row["lease_until"], now):
+                    continue
+                db.execute(
+                    "UPDATE jobs SET lease_owner = ?, lease_until = ?, status = 'running',"
+                    " started_at = COALESCE(started_at, ?) WHERE id = ?",
+                    (owner, now + LEASE_SECONDS, now, row["id"]),
+                )
+                job_id = row["id"]
+                break
+            else:
+                return None
+        return self.get(job_id)
+
+    def renew(self, job_id: str, owner: str) -> bool:
+        """Extend the lease; False when `owner` no longer holds it (or the job ended)."""
+        with self._db() as db:
+            return (
+                db.execute(
+                    "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                    (time.time() + LEASE_SECONDS, job_id, owner),
+                ).rowcount
+                == 1
+            )
+
+    def release(self, job_id: str, owner: str) -> None:
+        """Give the lease up without ending the job (draining: another process, or this one after a
+        restart, resumes it)."""
+        with self._db() as db:
+            db.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                (job_id, owner),
+            )
+
+    def plan(self, job_id: str, duration: float, windows: list[tuple[int, int]]) -> None:
+        with self._db() as db:
+            db.execute(
+                "UPDATE jobs SET duration = ?, windows = ? WHERE id = ?", (duration, json.dumps(windows), job_id)
+            )
+
+    def set_language(self, job_id: str, language: str, probability: float) -> None:
+        with self._db() as db:
+            db.execute(
+                "UPDATE jobs SET language = ?, language_probability = ? WHERE id = ?", (language, probability, job_id)
+            )
+
+    def add_window(
+        self, job_id: str, owner: str, index: int, start: float, stop: float, segments: list[Segment], text: str
+    ) -> bool:
+        """Record a finished window (and the audio it covered) in one transaction; False when the
+        lease was lost meanwhile (nothing recorded)."""
+        with self._db() as db:
+            held = db.execute(
+                "UPDATE jobs SET audio_done = audio_done + ?, lease_until = ? WHERE id = ? AND lease_owner = ?"
+                " AND status = 'running'",
+                (stop - start, time.time() + LEASE_SECONDS, job_id, owner),
+            ).rowcount
+            if not held:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO job_windows (job_id, idx, start, stop, text, segments)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, index, start, stop, text, json.dumps([asdict(s) for s in segments])),
+            )
+        return True
+
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        error: tuple[str, str] | None = None,
+        webhook: bool = False,
+        owner: str | None = None,
+    ) -> bool:
+        """Move an active job to a terminal status (and its webhook to pending); its upload goes.
+
+        With `owner`, only while that owner holds the lease. Returns whether the job changed.
+        """
+        code, message = error if error is not None else (None, None)
+        query = (
+            "UPDATE jobs SET status = ?, finished_at = ?, error_code = ?, error_message = ?, lease_owner = NULL,"
+            " lease_until = NULL, webhook_state = ?, webhook_next = ? WHERE id = ? AND status IN ('queued', 'running')"
+        )
+        params: list[Any] = [status, time.time(), code, message, "pending" if webhook else None, time.time(), job_id]
+        if owner is not None:
+            query += " AND lease_owner = ?"
+            params.append(owner)
+        with self._db() as db:
+            changed = db.execute(query, params).rowcount == 1
+        if changed:
+            self.upload_path(job_id).unlink(missing_ok=True)
+        return changed
+
+    # ---- webhooks ------------------------------------------------------------------------
+
+    def due_webhooks(self, now: float) -> list[JobRecord]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE webhook_state = 'pending' AND webhook_next <= ? ORDER BY webhook_next", (now,)
+            ).fetchall()
+        return [_record(r) for r in rows]
+
+    def webhook_attempted(self, job_id: str, state: str, next_at: float | None, error: str | None) -> None:
+        with self._db() as db:
+            db.execute(
+                "UPDATE jobs SET webhook_state = ?, webhook_attempts = webhook_attempts + 1, webhook_next = ?,"
+                " webhook_error = ? WHERE id = ?",
+                (state, next_at, error, job_id),
+            )
+
+    # ---- retention -----------------------------------------------------------------------
+
+    def delete(self, job_id: str) -> bool:
+        with self._db() as db:
+            existed = db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+            db.execute("DELETE FROM job_windows WHERE job_id = ?", (job_id,))
+        shutil.rmtree(self.root / job_id, ignore_errors=True)
+        return existed
+
+    def sweep(self, retention_seconds: float, now: float | None = None) -> int:
+        """Delete jobs that ended more than `retention_seconds` ago (delivered or given-up webhooks)."""
+        now = time.time() if now is None else now
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < ?"
+                " AND (webhook_state IS NULL OR webhook_state != 'pending')",
+                (now - retention_seconds,),
+            ).fetchall()
+        for row in rows:
+            self.delete(row["id"])
+        return len(rows)
+
+
+def _record(row: sqlite3.Row) -> JobRecord:
+    values = dict(row)
+    values.pop("lease_owner")
+    values.pop("lease_until")
+    values["options"] = json.loads(values["options"])
+    values["windows"] = [tuple(w) for w in json.loads(values["windows"])] if values["windows"] else None
+    return JobRecord(**values)
+
+
+def _segment(data: dict[str, Any]) -> Segment:
+    words = data.pop("words", None)
+    segment = Segment(**data)
+    if words is not None:
+        segment.words = [Word(**w) for w in words]
+    return segment
