@@ -42,7 +42,13 @@ class InstantBackend:
     name, model, device, compute_type = "instant", "instant", "cpu", "none"
     capabilities = Capabilities(languages=frozenset(LANGUAGE_NAMES), translate=True, word_timestamps=True)
 
-    def transcribe(self, audio: Any, options: TranscribeOptions, cancel: threading.Event | None = None) -> Transcript:
+    def transcribe(
+        self,
+        audio: Any,
+        options: TranscribeOptions,
+        cancel: threading.Event | None = None,
+        on_segment: Any = None,
+    ) -> Transcript:
         d = len(audio) / 16_000
         seg = Segment(0, 0.0, d, "hello", avg_logprob=-0.2, no_speech_prob=0.01, compression_ratio=1.1)
         return Transcript("hello", "en", 1.0, d, [seg])

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp = ssub.add_parser("import-references", help="attach references from a CSV (id,text) or JSONL file")
     imp.add_argument("file")
     imp.set_defaults(run=cli.samples_import)
+    rep = ssub.add_parser(
+        "report", help="error rates of the scored samples: weighted estimate, 95%% interval, shadow agreement"
+    )
+    rep.add_argument("--json", action="store_true", help="print the table as JSON")
+    rep.set_defaults(run=cli.samples_report)
 
     conf = sub.add_parser("config", help="print the configuration table (markdown)")
     conf.set_defaults(run=cli.print_config)

@@ -19,8 +19,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException
 
-from service.api import asr_webservice, health, jobs, openai, samples, transcribe
+from service.api import asr_webservice, health, jobs, openai, realtime, samples, transcribe
 from service.api.common import FORM_OVERHEAD_BYTES, UPLOAD_ROUTES, describe_validation_error, first_field
+from service.backends import load_backend
 from service.body_limit import BodyLimitMiddleware
 from service.config import Settings
 from service.errors import ServiceError
@@ -32,12 +33,15 @@ from service.metrics import Metrics, worker_pids
 from service.middleware import ObserverMiddleware, request_state
 from service.pipeline import build_pipeline
 from service.quality.job import QualityJob
+from service.quality.shadow import ShadowScorer
 from service.quality.store import SampleStore
+from service.streaming.hub import StreamHub
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from service.engine import BackendFactory
+    from service.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ def create_app(
     job = QualityJob(store, metrics, quality.normalizer) if store else None
     pipeline = build_pipeline(settings, metrics, backend_factory, store)
     runner = JobRunner(JobStore(settings.jobs.dir), pipeline, settings, metrics)
+    shadow = _shadow_scorer(settings, store, pipeline, metrics)
     engine, scheduler, decoder, lifecycle = pipeline.engine, pipeline.scheduler, pipeline.decoder, pipeline.lifecycle
     if restore_counters is None:
         restore_counters = not metrics.multiprocess
@@ -89,6 +94,8 @@ def create_app(
             if restore_counters:
                 await asyncio.to_thread(job.restore_counters)
             tasks.append(asyncio.create_task(job.run_forever(quality.interval_seconds), name="quality-job"))
+        if shadow is not None:
+            tasks.append(asyncio.create_task(shadow.run_forever(settings.shadow.interval_seconds), name="shadow"))
         try:
             yield
         finally:
@@ -101,6 +108,8 @@ def create_app(
             decoder.close()
             await tasks[0]  # a load under way finishes before the model is released
             await asyncio.to_thread(engine.close)
+            if shadow is not None:
+                await asyncio.to_thread(shadow.close)
             if metrics.multiprocess:
                 # uvicorn has no child-exit hook: drop this worker's live gauges on the way out.
                 multiprocess.mark_process_dead(os.getpid())
@@ -118,7 +127,9 @@ def create_app(
     app.state.lifecycle = lifecycle
     app.state.store = store
     app.state.quality_job = job
+    app.state.shadow = shadow
     app.state.jobs = runner
+    app.state.streams = StreamHub(settings.streams.max_streams, metrics, lifecycle)
     app.state.model_aliases_seen = set()  # model names clients asked for, logged once each
 
     app.include_router(health.router)
@@ -128,6 +139,7 @@ def create_app(
     app.include_router(openai.router)
     app.include_router(asr_webservice.router)
     app.include_router(jobs.router)
+    app.include_router(realtime.router)
     app.include_router(samples.router)
     _install_error_handlers(app, metrics)
     upload_limit = settings.limits.max_upload_bytes + FORM_OVERHEAD_BYTES
@@ -143,6 +155,23 @@ def serve_app() -> FastAPI:
     """The app `serve` runs in each worker process (uvicorn's factory): settings from the
     environment, draining on SIGTERM."""
     return create_app(drain_on_signals=True)
+
+
+def _shadow_scorer(
+    settings: Settings, store: SampleStore | None, pipeline: Pipeline, metrics: Metrics
+) -> ShadowScorer | None:
+    """The shadow scorer when ASR_SHADOW_MODEL is set and the quality loop keeps samples."""
+    shadow = settings.shadow
+    if shadow.model is None:
+        return None
+    if store is None:
+        log.warning(
+            "ASR_SHADOW_MODEL is set but the quality loop is off (ASR_QUALITY_SAMPLE_RATE=0): no shadow scoring"
+        )
+        return None
+    model = settings.model.model_copy(update={"model": shadow.model, "backend": shadow.backend, "model_label": None})
+    reference = settings.model_copy(update={"model": model})
+    return ShadowScorer(settings, store, pipeline.scheduler, metrics, lambda: load_backend(reference))
 
 
 def _own_pids(metrics: Metrics) -> Any:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.config import ServerSettings, Settings, configuration_markdown
 from service.errors import ServiceError
+from service.quality.estimate import estimate
 
 if TYPE_CHECKING:
     import argparse
@@ -48,6 +49,7 @@ def serve(args: argparse.Namespace) -> int:
         "port": server.port,
         "log_config": None,
         "access_log": False,  # the service logs one line per request itself
+        "ws": "websockets-sansio",  # the Realtime WebSocket, on websockets' current (non-legacy) API
         # The app drains first (ASR_SHUTDOWN_GRACE_SECONDS, service.lifecycle); by the time uvicorn
         # shuts down only the answers to unfinished requests are left to send.
         "timeout_graceful_shutdown": 5,
@@ -214,6 +216,8 @@ async def _transcribe_files(settings: Settings, args: argparse.Namespace) -> int
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    """Score the model on files with references: per language the rate over all files, and a
+    95% bootstrap interval over files (how much the figure could move with other files)."""
     from service.logs import configure_logging
 
     settings = Settings()
@@ -225,25 +229,40 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"error: no audio file in {folder} has a NAME.txt reference beside it", file=sys.stderr)
         return 2
     totals = asyncio.run(_evaluate_pairs(settings, args, pairs))
-    rows = [
-        {
-            "language": lang,
-            "files": r["files"],
-            "metric": "CER" if r["unit"] == "char" else "WER",
-            "errors": r["errors"],
-            "reference_units": r["units"],
-            "rate": round(r["errors"] / r["units"], 4) if r["units"] else None,
-        }
-        for lang, r in sorted(totals.items())
-    ]
+    rows: list[dict[str, Any]] = []
+    for lang, r in sorted(totals.items()):
+        figure = estimate(r["errors"], r["units"])
+        rows.append(
+            {
+                "language": lang,
+                "files": figure.samples,
+                "metric": "CER" if r["unit"] == "char" else "WER",
+                "errors": int(sum(r["errors"])),
+                "reference_units": int(sum(r["units"])),
+                "rate": _round(figure.rate),
+                "ci95": [_round(figure.low), _round(figure.high)],
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'language':<9}{'files':>6}  {'metric':<6}{'errors':>8}{'ref units':>11}{'rate':>9}")
+    print(f"{'language':<9}{'files':>6}  {'metric':<6}{'errors':>8}{'ref units':>11}{'rate':>9}  95% interval")
     for r in rows:
-        rate = f"{r['rate'] * 100:.2f}%" if r["rate"] is not None else "n/a"
-        print(f"{r['language']:<9}{r['files']:>6}  {r['metric']:<6}{r['errors']:>8}{r['reference_units']:>11}{rate:>9}")
+        rate = _percent(r["rate"])
+        interval = f"{_percent(r['ci95'][0])} - {_percent(r['ci95'][1])}"
+        print(
+            f"{r['language']:<9}{r['files']:>6}  {r['metric']:<6}{r['errors']:>8}{r['reference_units']:>11}"
+            f"{rate:>9}  {interval}"
+        )
     return 0
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
 async def _evaluate_pairs(
@@ -255,7 +274,8 @@ async def _evaluate_pairs(
     from service.pipeline import RequestOptions
     from service.quality.scoring import score
 
-    totals: dict[str, dict[str, Any]] = defaultdict(lambda: {"files": 0, "errors": 0, "units": 0, "unit": "word"})
+    # Per language, each file's errors and reference units (the bootstrap resamples files).
+    totals: dict[str, dict[str, Any]] = defaultdict(lambda: {"errors": [], "units": [], "unit": "word"})
     async with local_pipeline(settings) as pipeline:
         for audio_path, ref_path in tqdm(pairs, disable=len(pairs) < 2, unit="file", file=sys.stderr):
             lang_file = audio_path.with_suffix(".lang")
@@ -266,9 +286,8 @@ async def _evaluate_pairs(
                 ref_path.read_text(encoding="utf-8"), transcript.text, transcript.language, settings.quality.normalizer
             )
             row = totals[transcript.language]
-            row["files"] += 1
-            row["errors"] += scored.errors
-            row["units"] += scored.reference_units
+            row["errors"].append(scored.errors)
+            row["units"].append(scored.reference_units)
             row["unit"] = scored.unit
     return totals
 
@@ -299,6 +318,57 @@ def samples_export(args: argparse.Namespace) -> int:
             manifest.write(json.dumps(record.summary(), ensure_ascii=False) + "\n")
     print(f"exported {len(records)} samples to {out} (manifest.jsonl, <id>.wav, <id>.hypothesis.txt)")
     return 0
+
+
+def samples_report(args: argparse.Namespace) -> int:
+    """Per language: the scored samples' weighted error rate with its interval, the unweighted
+    one, and, on the samples the shadow engine also transcribed, shadow WER beside true WER."""
+    rows = quality_report(_store(Settings()).scored())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no scored samples yet (import references, then let the quality job run)")
+        return 0
+    print(
+        f"{'language':<9}{'metric':<7}{'samples':>8}{'estimate':>10}  {'95% interval':<18}{'unweighted':>11}"
+        f"{'shadowed':>10}{'true':>9}{'shadow':>9}"
+    )
+    for r in rows:
+        interval = f"{_percent(r['ci95'][0])} - {_percent(r['ci95'][1])}"
+        print(
+            f"{r['language']:<9}{r['metric']:<7}{r['samples']:>8}{_percent(r['rate']):>10}  {interval:<18}"
+            f"{_percent(r['unweighted']):>11}{r['shadowed']:>10}{_percent(r['true_on_shadowed']):>9}"
+            f"{_percent(r['shadow_on_shadowed']):>9}"
+        )
+    return 0
+
+
+def quality_report(records: list[Any]) -> list[dict[str, Any]]:
+    """The figures of `samples report`, one row per language (records: scored SampleRecords)."""
+    by_language: dict[str, list[Any]] = defaultdict(list)
+    for record in records:
+        by_language[record.language].append(record)
+    rows = []
+    for language, group in sorted(by_language.items()):
+        figure = estimate([r.errors for r in group], [r.reference_units for r in group], [r.weight for r in group])
+        both = [r for r in group if r.shadow_at is not None and r.shadow_unit == r.unit]
+        true = estimate([r.errors for r in both], [r.reference_units for r in both], [r.weight for r in both])
+        shadow = estimate([r.shadow_errors for r in both], [r.shadow_units for r in both], [r.weight for r in both])
+        rows.append(
+            {
+                "language": language,
+                "metric": "CER" if group[0].unit == "char" else "WER",
+                "samples": figure.samples,
+                "rate": _round(figure.rate),
+                "ci95": [_round(figure.low), _round(figure.high)],
+                "unweighted": _round(figure.unweighted),
+                "shadowed": len(both),
+                "true_on_shadowed": _round(true.rate),
+                "shadow_on_shadowed": _round(shadow.rate),
+            }
+        )
+    return rows
 
 
 def _read_references(path: Path) -> list[tuple[str, str]]:

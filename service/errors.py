@@ -23,6 +23,7 @@ REJECTION_REASONS = (
     "client_disconnected",
     "insufficient_storage",
     "shutting_down",
+    "stream_limit",
 )
 
 

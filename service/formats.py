@@ -64,7 +64,7 @@ def to_vtt(segments: list[Segment]) -> str:
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
-def _segment_json(seg: Segment, verbose: bool) -> dict[str, Any]:
+def segment_json(seg: Segment, verbose: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"id": seg.id, "start": round(seg.start, 3), "end": round(seg.end, 3), "text": seg.text}
     if seg.words is not None:
         out["words"] = [
@@ -96,7 +96,7 @@ def service_json(result: Result, verbose: bool) -> dict[str, Any]:
         "duration": round(t.duration, 3),
         "processing_seconds": round(result.processing_seconds, 3),
         "rtf": round(result.rtf, 4) if result.rtf is not None else None,
-        "segments": [_segment_json(s, verbose) for s in t.segments],
+        "segments": [segment_json(s, verbose) for s in t.segments],
         "backend": result.backend,
         "model": result.model,
         "warnings": result.warnings,

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 REQUEST_RTF_P95_ALERT = 1.0
 REQUEST_RTF_P99_ALERT = 2.0
 QUEUE_WAIT_ALERT_SECONDS = 10.0
+# Live streams: a turn's text within 2 s of the end of its speech.
+STREAM_FINALISATION_SLO_SECONDS = 2.0
 RTF_ALERT = 1.0
 
 # HTTP latency: from quick errors to a 10-minute transcription.
@@ -56,11 +58,24 @@ RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
 # Request real-time factor (decode + queue + engine per audio second): a fast answer to a trip
 # through a long queue.
 REQUEST_RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+STREAM_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 DECODE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Audio duration: 1 s to 2 h.
 AUDIO_BUCKETS = (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 # Whisper's own fallback thresholds are -1.0 (log-prob), 0.6 (no-speech), 2.4 (compression).
+# Input audio health (service.audio_health).
+LEVEL_DBFS_BUCKETS = (-60.0, -50.0, -45.0, -40.0, -35.0, -30.0, -25.0, -20.0, -15.0, -10.0, -5.0, 0.0)
+CLIPPING_BUCKETS = (0.0, 0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 1.0)
+SILENCE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+SNR_BUCKETS = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0)
+# Label values of the input mix; anything else is "other", so that a client cannot mint series.
+INPUT_RATES = frozenset({8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 96000})
+INPUT_CODECS = frozenset(
+    {"pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "pcm_u8", "pcm_mulaw", "pcm_alaw", "mp3", "mp3float",
+     "flac", "vorbis", "opus", "aac", "alac", "amr_nb", "amr_wb", "gsm", "gsm_ms", "speex", "wmav2", "g722", "g723_1",
+     "g729", "adpcm_ms", "adpcm_ima_wav"}
+)  # fmt: skip
 LOGPROB_BUCKETS = (-3.0, -2.0, -1.5, -1.0, -0.8, -0.6, -0.4, -0.3, -0.2, -0.1, 0.0)
 NO_SPEECH_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 COMPRESSION_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.4, 3.0, 4.0, 6.0, 10.0)
@@ -164,6 +179,40 @@ class Metrics:
             buckets=QUEUE_WAIT_BUCKETS,
             registry=r,
         )
+        self.input_level = Histogram(
+            "asr_input_level_dbfs",
+            "Input level: RMS of the speech-bearing 20 ms frames, dBFS (first 30 s of each request).",
+            ["model"],
+            buckets=LEVEL_DBFS_BUCKETS,
+            registry=r,
+        )
+        self.input_clipping = Histogram(
+            "asr_input_clipping_ratio",
+            "Share of input samples at full scale (clipped).",
+            ["model"],
+            buckets=CLIPPING_BUCKETS,
+            registry=r,
+        )
+        self.input_silence = Histogram(
+            "asr_input_silence_ratio",
+            "Share of 20 ms input frames below -50 dBFS.",
+            ["model"],
+            buckets=SILENCE_BUCKETS,
+            registry=r,
+        )
+        self.input_snr = Histogram(
+            "asr_input_snr_db",
+            "Signal-to-noise estimate of the input: loud frames (p90 energy) over quiet ones (p10), dB.",
+            ["model"],
+            buckets=SNR_BUCKETS,
+            registry=r,
+        )
+        self.input_audio = Counter(
+            "asr_input_audio",
+            "Requests by the uploaded audio's codec and sample rate (before resampling).",
+            ["codec", "sample_rate"],
+            registry=r,
+        )
         self.audio_duration = Histogram(
             "asr_audio_duration_seconds",
             "Length of the audio transcribed per request.",
@@ -253,6 +302,40 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.streams_active = Gauge(
+            "asr_streams_active",
+            "Live transcription streams (Realtime WebSocket sessions) open now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.stream_audio = Counter(
+            "asr_stream_audio_seconds",
+            "Seconds of live audio received from streams.",
+            registry=r,
+        )
+        self.stream_first_partial = Histogram(
+            "asr_stream_first_partial_seconds",
+            "From the start of a turn's speech to its first partial text sent.",
+            buckets=STREAM_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stream_finalisation = Histogram(
+            "asr_stream_finalisation_seconds",
+            "From the end of a turn's speech (or its commit) to its completed transcript sent.",
+            buckets=STREAM_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stream_revisions = Counter(
+            "asr_stream_partial_revisions",
+            "Turns whose final transcript did not begin with the partial text already sent.",
+            registry=r,
+        )
+        self.stream_dropped_audio = Counter(
+            "asr_stream_audio_dropped_seconds",
+            "Live audio dropped, by reason (buffer_full: held past ASR_STREAM_MAX_BUFFER_SECONDS without a commit).",
+            ["reason"],
+            registry=r,
+        )
         self.jobs = Gauge(
             "asr_jobs",
             "Jobs in the job table by state (finished ones until their retention ends).",
@@ -278,28 +361,56 @@ class Metrics:
             ["language", "stratum"],
             registry=r,
         )
-        self.quality_word_errors = Counter(
-            "asr_quality_word_errors",
-            "Word errors (S+D+I) in scored samples.",
+        # Raw counts over the scored samples, and the same weighted by 1 / inclusion probability
+        # (Horvitz-Thompson): the weighted ratio estimates the WER of all requests, the raw one
+        # that of the samples (oversampled strata and flagged requests count too much in it).
+        self.quality_errors: dict[str, Counter] = {}
+        self.quality_reference_units: dict[str, Counter] = {}
+        self.quality_weighted_errors: dict[str, Counter] = {}
+        self.quality_weighted_reference_units: dict[str, Counter] = {}
+        self.quality_shadow_errors: dict[str, Counter] = {}
+        self.quality_shadow_reference_units: dict[str, Counter] = {}
+        for unit, what in (("word", "Word"), ("char", "Character")):
+            units = f"{unit}s"
+            self.quality_errors[unit] = Counter(
+                f"asr_quality_{unit}_errors", f"{what} errors (S+D+I) in scored samples.", ["language"], registry=r
+            )
+            self.quality_reference_units[unit] = Counter(
+                f"asr_quality_reference_{units}", f"Reference {units} in scored samples.", ["language"], registry=r
+            )
+            self.quality_weighted_errors[unit] = Counter(
+                f"asr_quality_weighted_{unit}_errors",
+                f"{what} errors in scored samples, each weighted by 1 / its inclusion probability.",
+                ["language"],
+                registry=r,
+            )
+            self.quality_weighted_reference_units[unit] = Counter(
+                f"asr_quality_weighted_reference_{units}",
+                f"Reference {units} in scored samples, each weighted by 1 / its inclusion probability.",
+                ["language"],
+                registry=r,
+            )
+            self.quality_shadow_errors[unit] = Counter(
+                f"asr_quality_shadow_{unit}_errors",
+                f"{what}s where the served transcript differs from the shadow engine's (weighted as above).",
+                ["language"],
+                registry=r,
+            )
+            self.quality_shadow_reference_units[unit] = Counter(
+                f"asr_quality_shadow_reference_{units}",
+                f"{what}s in the shadow engine's transcripts of samples (weighted as above).",
+                ["language"],
+                registry=r,
+            )
+        self.quality_shadow_scored = Counter(
+            "asr_quality_shadow_scored_samples",
+            "Samples the shadow engine transcribed and compared with the served transcript.",
             ["language"],
             registry=r,
         )
-        self.quality_reference_words = Counter(
-            "asr_quality_reference_words",
-            "Reference words in scored samples.",
-            ["language"],
-            registry=r,
-        )
-        self.quality_char_errors = Counter(
-            "asr_quality_char_errors",
-            "Character errors in scored samples.",
-            ["language"],
-            registry=r,
-        )
-        self.quality_reference_chars = Counter(
-            "asr_quality_reference_chars",
-            "Reference characters in scored samples.",
-            ["language"],
+        self.quality_shadow_seconds = Counter(
+            "asr_quality_shadow_seconds",
+            "Engine seconds the shadow engine spent (its budget: ASR_SHADOW_BUDGET_SECONDS_PER_HOUR).",
             registry=r,
         )
         self.quality_scored = Counter(
@@ -341,6 +452,7 @@ class Metrics:
             self.quality_skipped.labels(reason)
         for outcome in WEBHOOK_OUTCOMES:
             self.webhook_deliveries.labels(outcome)
+        self.stream_dropped_audio.labels("buffer_full")
         if not self.multiprocess:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)

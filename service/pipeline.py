@@ -20,12 +20,14 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
+from service import audio_health
 from service.backends.base import Backend, Cancelled, Segment, TranscribeOptions, Transcript
 from service.cancellation import CancelToken
 from service.errors import BackendError, BadRequestError, ServiceError, UnsupportedFeatureError, shown
 from service.formats import MIN_RTF_AUDIO_SECONDS, Result
 from service.gpu import is_out_of_memory
 from service.languages import language_label
+from service.metrics import INPUT_CODECS, INPUT_RATES
 from service.outcome import Outcome
 from service.quality import hallucination
 from service.resegment import split_by_words
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from service.audio import DecodedAudio
+    from service.audio_health import AudioHealth
     from service.config import Settings
     from service.decoding import AudioSource, DecodePool
     from service.engine import BackendFactory, Engine
@@ -64,6 +67,8 @@ class RequestOptions:
     # The answer needs subtitle-sized segments (srt, vtt, verbose JSON, jobs): batched decoding
     # then also asks for word timings and splits its 30 s chunks by them.
     fine_segments: bool = False
+    # Beam width (None: ASR_BEAM_SIZE); live partial hypotheses may use a narrower one (ASR_STREAM_PARTIAL_BEAM_SIZE).
+    beam_size: int | None = None
 
 
 @dataclass
@@ -141,6 +146,7 @@ class Pipeline:
             vad_filter=vad and caps.vad_filter,
             initial_prompt=request.prompt or None,
             temperature=request.temperature,
+            beam_size=request.beam_size,
         )
 
     def batching(self, backend: Backend, duration: float) -> bool:
@@ -151,12 +157,14 @@ class Pipeline:
         return mode == "on" or backend.device.startswith("cuda") or duration >= self.settings.decode.batch_min_seconds
 
     def _for_audio(
-        self, backend: Backend, options: TranscribeOptions, request: RequestOptions, duration: float
+        self, backend: Backend, options: TranscribeOptions, work: Work, duration: float
     ) -> TranscribeOptions:
         """The options once the audio's length is known: batched or not, and the word timings
-        that subtitle-sized segments need from batched decoding."""
-        batched = self.batching(backend, duration)
-        words = options.word_timestamps or (batched and request.fine_segments and backend.capabilities.word_timestamps)
+        that subtitle-sized segments need from batched decoding. Streamed answers are not
+        batched: a batch hands its segments over only when all of its chunks are done."""
+        batched = self.batching(backend, duration) and work.on_segment is None
+        fine = work.options.fine_segments and backend.capabilities.word_timestamps
+        words = options.word_timestamps or (batched and fine)
         return replace(options, batched=batched, word_timestamps=words)
 
     def timeout_for(self, duration: float) -> float:
@@ -185,9 +193,9 @@ class Pipeline:
                     return await self._detect(backend, work)
                 audio = await self.decoder.decode(work.source, work.token)
                 try:
-                    options = self._for_audio(backend, options, work.options, audio.duration)
+                    options = self._for_audio(backend, options, work, audio.duration)
                     transcript, seconds = await self._schedule(backend, audio, options, work)
-                    flags = await asyncio.to_thread(hallucination.inspect, transcript, audio)
+                    flags, health = await asyncio.to_thread(_inspect, transcript, audio)
                 except BaseException:
                     audio.close()
                     raise
@@ -198,6 +206,7 @@ class Pipeline:
                     # Answer time per audio second is a client's latency: interactive work only.
                     interactive = work.priority == Priority.INTERACTIVE
                     self._observe(backend, result, flags, time.perf_counter() - admitted if interactive else None)
+                    self._observe_input(backend, audio, health)
                 return Outcome(result, audio, flags)
         finally:
             if ticket is not None:
@@ -263,6 +272,17 @@ class Pipeline:
             return BackendError("the engine ran out of GPU memory; retry later or with shorter audio")
         log.exception("engine failed")
         return BackendError(f"the engine failed: {type(exc).__name__}")
+
+    def _observe_input(self, backend: Backend, audio: DecodedAudio, health: AudioHealth | None) -> None:
+        m = self.metrics
+        codec = audio.info.codec if audio.info.codec in INPUT_CODECS else "other"
+        rate = str(audio.info.source_rate) if audio.info.source_rate in INPUT_RATES else "other"
+        m.input_audio.labels(codec, rate).inc()
+        if health is not None:
+            m.input_level.labels(backend.model).observe(health.level_dbfs)
+            m.input_clipping.labels(backend.model).observe(health.clipping_ratio)
+            m.input_silence.labels(backend.model).observe(health.silence_ratio)
+            m.input_snr.labels(backend.model).observe(health.snr_db)
 
     def _observe(self, backend: Backend, result: Result, flags: list[str], elapsed: float | None) -> None:
         m, t = self.metrics, result.transcript
@@ -332,3 +352,10 @@ def build_pipeline(
 
 def _warnings(flags: list[str]) -> list[str]:
     return [_WARNING_TEXT[f] for f in flags]
+
+
+def _inspect(transcript: Transcript, audio: DecodedAudio) -> tuple[list[str], AudioHealth | None]:
+    """The reference-free checks after decoding, in one worker-thread hop: hallucination flags and
+    the input's health (on the first seconds only, so its cost is bounded)."""
+    health = audio_health.measure(audio.read(0, int(audio_health.HEALTH_SECONDS * audio.sample_rate)))
+    return hallucination.inspect(transcript, audio), health

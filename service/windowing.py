@@ -60,11 +60,7 @@ def transcribe_windowed(
     Raises Cancelled when `cancel` is set between windows (or inside the engine).
     """
     if audio.duration <= window_seconds:
-        whole = backend.transcribe(audio.read(), options, cancel)
-        if on_segment is not None:
-            for seg in whole.segments:
-                on_segment(seg)
-        return whole
+        return backend.transcribe(audio.read(), options, cancel, on_segment)
     segments: list[Segment] = []
     texts: list[str] = []
     first: Transcript | None = None
@@ -72,15 +68,21 @@ def transcribe_windowed(
     for start, stop in plan_windows(audio, window_seconds):
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        part = backend.transcribe(audio.read(start, stop), window_options, cancel)
+        offset = start / audio.sample_rate
+        streamed = len(segments)
+
+        def passed_on(seg: Segment, offset: float = offset) -> None:
+            nonlocal streamed
+            assert on_segment is not None
+            on_segment(shift_segment(seg, streamed, offset))
+            streamed += 1
+
+        part = backend.transcribe(audio.read(start, stop), window_options, cancel, passed_on if on_segment else None)
         if first is None:
             first = part
             window_options = replace(options, language=options.language or part.language)
-        offset = start / audio.sample_rate
         for seg in part.segments:
             segments.append(shift_segment(seg, len(segments), offset))
-            if on_segment is not None:
-                on_segment(segments[-1])
         if part.text:
             texts.append(part.text)
             # Batched decoding gives one prompt to every 30 s chunk of the next window, where it is

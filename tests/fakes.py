@@ -42,7 +42,11 @@ class FakeBackend:
     closed: bool = False
 
     def transcribe(
-        self, audio: npt.NDArray[np.float32], options: TranscribeOptions, cancel: threading.Event | None = None
+        self,
+        audio: npt.NDArray[np.float32],
+        options: TranscribeOptions,
+        cancel: threading.Event | None = None,
+        on_segment: Callable[[Segment], None] | None = None,
     ) -> Transcript:
         self.calls.append(options)
         warmup = len(self.calls) == 1
@@ -57,6 +61,8 @@ class FakeBackend:
             raise self.error
         duration = len(audio) / 16_000
         segment = Segment(id=0, start=0.0, end=duration, text=self.text, **self.segment_fields)
+        if on_segment is not None:
+            on_segment(segment)
         return Transcript(self.text, options.language or self.language, 0.99, duration, [segment])
 
     def detect_language(self, audio: npt.NDArray[np.float32]) -> tuple[str, float]:

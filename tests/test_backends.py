@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from service.backends import load_backend
 from service.backends.sensevoice_tags import split_rich
 from service.errors import MissingExtraError
 from tests.checkpoints import build_fsmn_vad, build_openai_whisper, build_sensevoice
-from tests.conftest import ADMIN, ADMIN_TOKEN, make_settings, running_app, serve, settled_readiness
+from tests.conftest import ADMIN, ADMIN_TOKEN, Server, make_settings, running_app, serve, settled_readiness
 
 # ---- SenseVoice output parsing, on the strings SenseVoiceSmall and FunASR really produce ---------
 
@@ -152,8 +157,40 @@ def test_sensevoice_by_environment_through_the_real_server(
             server.url + "/transcribe", files={"file": ("w.ogg", (speech_dir / "weather.ogg").read_bytes())}, timeout=60
         )
         metrics = httpx.get(server.url + "/metrics").text
+        live = _live_turn(server, speech_dir / "weather.wav", tmp_path)
     assert r.status_code == 200 and r.json()["segments"][0]["emotion"] == "HAPPY"
     assert 'asr_emotion_total{emotion="HAPPY"} 1.0' in metrics
+    # Live: SenseVoice transcribes each VAD turn whole (no partials), with its tags on the turn.
+    kinds = [e["type"] for e in live]
+    assert "input_audio_buffer.speech_started" in kinds and "input_audio_buffer.committed" in kinds
+    completed = live[-1]
+    # No partials while the speaker talks: one delta, the whole turn, after the commit.
+    deltas = [e["delta"] for e in live if e["type"].endswith("transcription.delta")]
+    assert deltas == [completed["transcript"]] and kinds.index("input_audio_buffer.committed") < kinds.index(
+        "conversation.item.input_audio_transcription.delta"
+    )
+    assert completed["type"] == "conversation.item.input_audio_transcription.completed"
+    assert (completed["emotion"], completed["events"], completed["language"]) == ("HAPPY", ["BGM"], "en")
+    assert "good morning" in completed["transcript"]
+
+
+def _live_turn(server: Server, wav: Path, tmp_path: Path) -> list[dict[str, Any]]:
+    """One spoken turn (then silence) over the Realtime WebSocket with server VAD; the events until it completed."""
+    raw = tmp_path / "turn.raw"
+    subprocess.run(
+        ["sox", str(wav), "-r", "24000", "-b", "16", "-t", "raw", "-e", "signed", str(raw), "pad", "0.3", "1.5"],
+        check=True,
+    )
+    url = server.url.replace("http", "ws") + "/v1/realtime?intent=transcription"
+    events: list[dict[str, Any]] = []
+    with connect(url) as ws:
+        session = {"type": "transcription", "audio": {"input": {"transcription": {"language": "en"}}}}
+        ws.send(json.dumps({"type": "session.update", "session": session}))
+        ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(raw.read_bytes()).decode()}))
+        while not events or not events[-1]["type"].endswith("transcription.completed"):
+            events.append(json.loads(ws.recv(timeout=60)))
+            assert events[-1]["type"] != "error", events[-1]
+    return events
 
 
 @pytest.mark.anyio
@@ -200,7 +237,11 @@ def test_openai_whisper_by_environment_through_the_real_server(
         )
         assert r.status_code == 200, r.text
         openai_body = r.json()
+        live = _live_turn(server, speech_dir / "fox.wav", tmp_path)
     from whisper.tokenizer import LANGUAGES
+
+    # Live, by re-decoding the growing turn: the turn completes with its audio's length.
+    assert live[-1]["usage"]["seconds"] == pytest.approx(body["duration"], abs=1.0)
 
     # Random weights: the words are nonsense, but the answer has the faster-whisper backend's shape.
     assert (body["backend"], body["model"], ready["device"]) == ("openai-whisper", "tiny-random", "cpu")

@@ -134,6 +134,7 @@ def test_alert_thresholds_are_bucket_boundaries_and_drawn_on_the_panels() -> Non
         "request_rtf_p95": ("ASRSlowResponses", "> {}"),
         "request_rtf_p99": ("ASRSlowResponsesTail", "> {}"),
         "workers_busy_ratio": ("ASRWorkersSaturated", "> {}"),
+        "stream_finalisation_p95_seconds": ("ASRStreamFinalisationSlow", "> {}"),
         "gpu_power_ratio": ("GPUPowerNearLimit", "> {}"),
         "rtf": ("ASRSlowerThanRealTime", "> {}"),
         "queue_saturation": ("ASRQueueSaturated", "> {}"),

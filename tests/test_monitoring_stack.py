@@ -182,6 +182,9 @@ EMPTY_HERE = {
     "Emotions and sound events (SenseVoice)": "the backend is faster-whisper",
     "Character error rate by language (zh, yue, ja, ko)": "no Chinese, Japanese or Korean samples",
     "7 days ago": "no data a week old",
+    "{{codec}} {{sample_rate}} Hz last week": "no data a week old",
+    "Disagreement with the shadow model": "no shadow model configured (tests/test_quality_shadow_health.py runs one)",
+    "samples shadowed / h": "no shadow model configured",
 }
 
 

@@ -260,5 +260,9 @@ def test_cli_export_import_and_evaluate(tmp_path: Path, speech_dir: Path) -> Non
     [row] = json.loads(run.stdout)
     assert row["language"] == "en" and row["files"] == len(SENTENCES) and row["metric"] == "WER"
     assert 0 <= row["rate"] <= 0.2
+    # The interval over files contains the figure (and is wide on 4 files).
+    low, high = row["ci95"]
+    assert (low <= row["rate"] <= high and high > low) or row["rate"] == 0
     table = run_cli(env, "evaluate", "--dir", str(folder)).stdout
-    assert table.splitlines()[0].split() == ["language", "files", "metric", "errors", "ref", "units", "rate"]
+    header = ["language", "files", "metric", "errors", "ref", "units", "rate", "95%", "interval"]
+    assert table.splitlines()[0].split() == header

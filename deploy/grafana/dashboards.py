@@ -23,6 +23,7 @@ THRESHOLDS = {
     "request_rtf_p95": 1,  # ASRSlowResponses
     "request_rtf_p99": 2,  # ASRSlowResponsesTail
     "workers_busy_ratio": 0.9,  # ASRWorkersSaturated
+    "stream_finalisation_p95_seconds": 2,  # ASRStreamFinalisationSlow
     "rtf": 1,  # ASRSlowerThanRealTime
     "queue_saturation": 0.8,  # ASRQueueSaturated
     "queue_wait_p95_seconds": 10,  # ASRQueueWaitHigh
@@ -165,6 +166,33 @@ def performance() -> dict[str, Any]:
         (f"sum(asr_decodes_in_flight{sel()})", "decoding now"),
     ]
     lay.add(timeseries("Decoding", decode), 8)
+    lay.row("Live streams (Realtime WebSocket)")
+    streams = [
+        (f"sum(asr_streams_active{sel()})", "open"),
+        (f"sum({rate('asr_stream_audio_seconds_total')})", "audio s/s"),
+    ]
+    lay.add(timeseries("Streams open and live audio", streams, description="Audio seconds received per second."), 8)
+    final = "From the end of a turn's speech to its completed transcript; the line is the 2 s SLO."
+    turn_latency = [
+        (quantile(0.95, "asr_stream_finalisation_seconds"), "finalisation p95"),
+        (quantile(0.95, "asr_stream_first_partial_seconds"), "first partial p95"),
+    ]
+    lay.add(
+        timeseries("Turn latency", turn_latency, "s", T["stream_finalisation_p95_seconds"], description=final),
+        8,
+    )
+    revised = (
+        f"sum({rate('asr_stream_partial_revisions_total')}) / sum({rate('asr_stream_finalisation_seconds_count')})"
+    )
+    dropped = f"sum by (reason) ({rate('asr_stream_audio_dropped_seconds_total')})"
+    lay.add(
+        timeseries(
+            "Revised turns and dropped audio",
+            [(revised, "turns revised (share)"), (dropped, "dropped audio s/s {{reason}}")],
+            description="Revised: the final text did not begin with the partial text already sent.",
+        ),
+        8,
+    )
     lay.row("Jobs (long audio in the background)")
     states = [(f"max by (state) (asr_jobs{sel()})", "{{state}}")]
     lay.add(timeseries("Jobs by state", states, description="Finished jobs count until their retention ends."), 8)
@@ -212,6 +240,67 @@ def quality() -> dict[str, Any]:
     )
     kept = f"sum by (language, stratum) (increase(asr_quality_samples_total{sel()}[1h]))"
     lay.add(timeseries("Samples kept per hour", [(kept, "{{language}} {{stratum}}")], stack=True), 12)
+    both = [
+        ('job_language:asr_quality_wer:ratio1d{job="asr"}', "{{language}} estimate (weighted)"),
+        ('job_language:asr_quality_wer_unweighted:ratio1d{job="asr"}', "{{language}} samples (unweighted)"),
+    ]
+    weighting = (
+        "The estimate weights each sample by 1 / the probability it was kept with (Horvitz-Thompson); "
+        "the unweighted figure over-counts oversampled rare strata and flagged requests."
+    )
+    lay.add(
+        timeseries("WER: estimate for all requests vs the samples' own", both, "percentunit", description=weighting), 12
+    )
+    lay.row("Shadow scoring (served model vs a stronger engine, no references needed)")
+    shadow = [
+        ('job_language:asr_quality_shadow_wer:ratio1d{job="asr"}', "{{language}} WER vs shadow 1d"),
+        ('job_language:asr_quality_shadow_wer:ratio7d{job="asr"}', "{{language}} WER vs shadow 7d"),
+        ('job_language:asr_quality_shadow_cer:ratio1d{job="asr"}', "{{language}} CER vs shadow 1d"),
+    ]
+    disagreement = "Not WER: the shadow engine errs too. ASRShadowDisagreementRising fires at 1.5x the 7-day figure."
+    lay.add(timeseries("Disagreement with the shadow model", shadow, "percentunit", description=disagreement), 12)
+    budget = [
+        (f"sum(increase(asr_quality_shadow_scored_samples_total{sel()}[1h]))", "samples shadowed / h"),
+        (f"sum(increase(asr_quality_shadow_seconds_total{sel()}[1h]))", "engine seconds / h"),
+    ]
+    spent = "Engine seconds are capped by ASR_SHADOW_BUDGET_SECONDS_PER_HOUR; shadow work runs only on idle workers."
+    lay.add(timeseries("Shadow work", budget, description=spent), 12)
+    lay.row("Input audio (every request: level, clipping, silence, SNR, codec mix)")
+    level = [
+        (quantile(q, "asr_input_level_dbfs", "model"), f"p{round(q * 100)} {{{{model}}}}") for q in (0.1, 0.5, 0.9)
+    ]
+    lay.add(
+        timeseries(
+            "Speech level (dBFS)", level, "dB", description="ASRInputLevelShifted: median moved 6 dB vs last week."
+        ),
+        8,
+    )
+    barely = 'le="0.001"'
+    clipped = (
+        f"1 - sum by (model) ({rate('asr_input_clipping_ratio_bucket', barely)}) "
+        f"/ sum by (model) ({rate('asr_input_clipping_ratio_count')})"
+    )
+    lay.add(timeseries("Requests with over 0.1% clipped samples", [(clipped, "{{model}}")], "percentunit"), 8)
+    snr = [
+        (quantile(0.5, "asr_input_snr_db", "model"), "SNR p50 {{model}} (dB)"),
+        (quantile(0.5, "asr_input_silence_ratio", "model"), "silence share p50 {{model}}"),
+    ]
+    lay.add(
+        timeseries(
+            "SNR and silence", snr, description="SNR: loud frames over quiet ones; silence: frames under -50 dBFS."
+        ),
+        8,
+    )
+    mix = 'job_codec_rate:asr_input_audio:share1h{job="asr"}'
+    lay.add(
+        timeseries(
+            "Input mix by codec and sample rate",
+            [(mix, "{{codec}} {{sample_rate}} Hz"), (f"{mix} offset 7d", "{{codec}} {{sample_rate}} Hz last week")],
+            "percentunit",
+            description="ASRInputMixShifted: a share moved by 25% of requests against the same hour last week.",
+        ),
+        24,
+    )
     lay.row("The loop")
     lay.add(stat("Pending references", f"max(asr_quality_pending_samples{sel()})"), 6, 4)
     age = f"time() - max(asr_quality_job_last_success_timestamp_seconds{sel()})"
@@ -251,7 +340,8 @@ def quality() -> dict[str, Any]:
     return dashboard(
         "asr-quality",
         "ASR quality",
-        "WER/CER per language from sampled references, the loop's health, reference-free signals.",
+        "WER/CER per language from sampled references, shadow scoring, input audio health, the loop, "
+        "reference-free signals.",
         lay,
     )
 

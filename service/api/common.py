@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from fastapi import Request
     from pydantic import SecretStr
     from starlette.datastructures import FormData
+    from starlette.requests import HTTPConnection
 
     from service.config import Settings
     from service.engine import Engine
@@ -58,7 +59,7 @@ def engine_of(request: Request) -> Engine:
     return engine
 
 
-def has_bearer(request: Request, expected: SecretStr | None) -> bool:
+def has_bearer(request: HTTPConnection, expected: SecretStr | None) -> bool:
     """Whether the request carries `Authorization: Bearer <expected>` (False when none is configured)."""
     if expected is None:
         return False

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.api.common import engine_of, form_openapi
-from service.api.uploads import transcribe_upload
-from service.errors import UnsupportedFeatureError, shown
-from service.formats import MEDIA_TYPES, openai_json, render_text
+from service.api import sse
+from service.api.common import engine_of, form_openapi, pipeline_of
+from service.api.uploads import answered, read_work, until_disconnected
+from service.errors import ServiceError, shown
+from service.formats import MEDIA_TYPES, openai_json, render_text, usage
 from service.languages import normalize_language
 from service.pipeline import RequestOptions
+
+if TYPE_CHECKING:
+    from service.backends.base import Segment
+    from service.outcome import Outcome
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
@@ -33,7 +38,7 @@ class TranslationForm(BaseModel):
     prompt: str | None = Field(None, max_length=2000)
     response_format: Literal["json", "verbose_json", "text", "srt", "vtt"] = "json"
     temperature: float = Field(0.0, ge=0.0, le=1.0)
-    stream: bool = False
+    stream: bool = Field(False, description="Server-sent events: a delta per decoded segment, then the whole text.")
 
 
 class TranscriptionForm(TranslationForm):
@@ -56,8 +61,6 @@ def _check_model(request: Request, form: TranslationForm) -> None:
         if form.model not in seen and len(seen) < 100:
             seen.add(form.model)
             log.info("model %s requested: served by %s", shown(form.model), served)
-    if form.stream:
-        raise UnsupportedFeatureError("streaming responses are not supported; send stream=false")
 
 
 async def _respond(request: Request, form_model: type[TranslationForm], task: str) -> Response:
@@ -74,13 +77,37 @@ async def _respond(request: Request, form_model: type[TranslationForm], task: st
             fine_segments=form.response_format in ("srt", "vtt", "verbose_json"),
         )
 
-    form, outcome, background = await transcribe_upload(request, form_model, options)
+    pipeline = pipeline_of(request)
+    form, work, multipart = await read_work(request, form_model, options)
+    if form.stream:
+        return await sse.stream(request, pipeline, work, multipart, _delta, _done, _error)
+    try:
+        outcome = await until_disconnected(request.receive, work.token, pipeline.transcribe(work))
+    finally:
+        await multipart.close()
+    background = answered(request, pipeline, outcome)
     fmt = form.response_format
     if fmt in ("json", "verbose_json"):
         words = isinstance(form, TranscriptionForm) and "word" in form.timestamp_granularities
         body = openai_json(outcome.result, task, verbose=fmt == "verbose_json", words=words)
         return JSONResponse(body, background=background)
     return Response(render_text(outcome.result, fmt), media_type=MEDIA_TYPES[fmt], background=background)
+
+
+def _delta(segment: Segment, index: int) -> str:
+    """OpenAI's `transcript.text.delta`: each segment's text as it is decoded; joined, they are the text."""
+    text = segment.text if index == 0 else " " + segment.text
+    return sse.event({"type": "transcript.text.delta", "delta": text})
+
+
+def _done(outcome: Outcome) -> str:
+    result = outcome.result
+    return sse.event({"type": "transcript.text.done", "text": result.transcript.text, "usage": usage(result)})
+
+
+def _error(exc: ServiceError) -> str:
+    # The openai client raises an APIError for an event whose data holds `error`.
+    return sse.event({"error": {"code": exc.code, "message": exc.message, "type": "server_error", "param": None}})
 
 
 @router.post("/audio/transcriptions", openapi_extra=form_openapi(TranscriptionForm, ("file", "model")))

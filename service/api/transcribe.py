@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.common import form_openapi
-from service.api.uploads import transcribe_upload
-from service.formats import MEDIA_TYPES, render_text, service_json
+from service.api import sse
+from service.api.common import form_openapi, pipeline_of
+from service.api.uploads import answered, read_work, until_disconnected
+from service.formats import MEDIA_TYPES, render_text, segment_json, service_json
 from service.languages import normalize_language
 from service.pipeline import RequestOptions
+
+if TYPE_CHECKING:
+    from service.backends.base import Segment
+    from service.errors import ServiceError
+    from service.outcome import Outcome
 
 router = APIRouter()
 
@@ -31,6 +37,17 @@ class TranscribeForm(BaseModel):
     response_format: Literal["json", "verbose_json", "text", "srt", "vtt"] = "json"
     prompt: str | None = Field(None, max_length=2000, description="Text that the audio continues (names, spelling).")
     rich_output: bool = Field(False, description="SenseVoice only: also return the raw tagged text.")
+    stream: bool = Field(
+        False, description="Server-sent events: a `segment` event per decoded segment, then `done` with the answer."
+    )
+
+
+def _segment_event(segment: Segment, index: int) -> str:
+    return sse.event(segment_json(segment, verbose=False), "segment")
+
+
+def _error_event(exc: ServiceError) -> str:
+    return sse.event({"error": {"code": exc.code, "message": exc.message}}, "error")
 
 
 def request_options(form: TranscribeForm, fine_segments: bool | None = None) -> RequestOptions:
@@ -64,7 +81,19 @@ def request_options(form: TranscribeForm, fine_segments: bool | None = None) -> 
     },
 )
 async def transcribe(request: Request) -> Response:
-    form, outcome, background = await transcribe_upload(request, TranscribeForm, request_options)
+    pipeline = pipeline_of(request)
+    form, work, multipart = await read_work(request, TranscribeForm, request_options)
+    if form.stream:
+
+        def done(outcome: Outcome) -> str:
+            return sse.event(service_json(outcome.result, verbose=form.response_format == "verbose_json"), "done")
+
+        return await sse.stream(request, pipeline, work, multipart, _segment_event, done, _error_event)
+    try:
+        outcome = await until_disconnected(request.receive, work.token, pipeline.transcribe(work))
+    finally:
+        await multipart.close()
+    background = answered(request, pipeline, outcome)
     fmt = form.response_format
     if fmt in ("json", "verbose_json"):
         body = service_json(outcome.result, verbose=fmt == "verbose_json")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from fastapi import Request
+    from starlette.datastructures import FormData
     from starlette.types import Receive
 
     from service.outcome import Outcome
@@ -34,20 +35,32 @@ F = TypeVar("F", bound=BaseModel)
 T = TypeVar("T")
 
 
-async def transcribe_upload(
+async def read_work(
     request: Request, form_model: type[F], build_options: Callable[[F], RequestOptions], file_field: str = "file"
-) -> tuple[F, Outcome, BackgroundTask]:
-    """Run one upload through the pipeline; returns the parsed fields, the outcome and the
-    background task (quality sampling, freeing the audio) to attach to the response."""
+) -> tuple[F, Work, FormData]:
+    """Auth, admission and the upload's form, turned into the pipeline's Work; the caller runs it
+    and closes the form."""
     settings = settings_of(request)
     pipeline = pipeline_of(request)
     require_bearer(request, settings.server.api_key)
     pipeline.check_admission()
     fields, upload, form = await read_upload_form(request, form_model, settings.limits.max_upload_bytes, file_field)
-    token = CancelToken()
     try:
-        work = Work(build_options(fields), EncodedAudio(upload.file), token=token)
-        outcome = await until_disconnected(request.receive, token, pipeline.transcribe(work))
+        return fields, Work(build_options(fields), EncodedAudio(upload.file), token=CancelToken()), form
+    except BaseException:
+        await form.close()
+        raise
+
+
+async def transcribe_upload(
+    request: Request, form_model: type[F], build_options: Callable[[F], RequestOptions], file_field: str = "file"
+) -> tuple[F, Outcome, BackgroundTask]:
+    """Run one upload through the pipeline; returns the parsed fields, the outcome and the
+    background task (quality sampling, freeing the audio) to attach to the response."""
+    pipeline = pipeline_of(request)
+    fields, work, form = await read_work(request, form_model, build_options, file_field)
+    try:
+        outcome = await until_disconnected(request.receive, work.token, pipeline.transcribe(work))
     finally:
         await form.close()
     return fields, outcome, answered(request, pipeline, outcome)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     import threading
+    from collections.abc import Callable
 
     import numpy as np
     import numpy.typing as npt
@@ -35,6 +36,8 @@ class Capabilities:
     vad_filter: bool = True
     # Whether segments carry avg_logprob / no_speech_prob / compression_ratio.
     segment_scores: bool = True
+    # Whether live streams get partial hypotheses (re-decoding a growing turn); else whole turns only.
+    partials: bool = True
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class TranscribeOptions:
     # Decode 30 s chunks found by VAD as one batch (faster-whisper's BatchedInferencePipeline);
     # the pipeline asks for it on long audio and on CUDA (service.batching).
     batched: bool = False
+    # Beam width for this call (None: ASR_BEAM_SIZE).
+    beam_size: int | None = None
 
 
 @dataclass
@@ -110,8 +115,10 @@ class Backend(Protocol):
         audio: npt.NDArray[np.float32],
         options: TranscribeOptions,
         cancel: threading.Event | None = None,
+        on_segment: Callable[[Segment], None] | None = None,
     ) -> Transcript:
-        """Transcribe one mono 16 kHz clip; raises Cancelled when `cancel` is set midway."""
+        """Transcribe one mono 16 kHz clip; raises Cancelled when `cancel` is set midway. Calls
+        `on_segment` with each segment as soon as the engine has it (streaming answers)."""
         ...
 
     def detect_language(self, audio: npt.NDArray[np.float32]) -> tuple[str, float]:

@@ -120,11 +120,12 @@ class FasterWhisperBackend:
         audio: npt.NDArray[np.float32],
         options: TranscribeOptions,
         cancel: threading.Event | None = None,
+        on_segment: Callable[[Segment], None] | None = None,
     ) -> Transcript:
         kwargs: dict[str, Any] = {
             "language": options.language,
             "task": options.task,
-            "beam_size": self._decode.beam_size,
+            "beam_size": options.beam_size or self._decode.beam_size,
             "best_of": self._decode.best_of,
             "word_timestamps": options.word_timestamps,
             "initial_prompt": options.initial_prompt,
@@ -168,6 +169,8 @@ class FasterWhisperBackend:
                     tokens=list(seg.tokens),
                 )
             )
+            if on_segment is not None:
+                on_segment(out[-1])
         return Transcript(
             text="".join(raw_texts).strip(),
             language=info.language,

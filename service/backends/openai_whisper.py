@@ -25,6 +25,7 @@ from service.errors import ModelLoadError
 
 if TYPE_CHECKING:
     import threading
+    from collections.abc import Callable
 
     import numpy as np
     import numpy.typing as npt
@@ -77,8 +78,13 @@ class OpenAIWhisperBackend:
         return language, float(probs[language])
 
     def transcribe(
-        self, audio: npt.NDArray[np.float32], options: TranscribeOptions, cancel: threading.Event | None = None
+        self,
+        audio: npt.NDArray[np.float32],
+        options: TranscribeOptions,
+        cancel: threading.Event | None = None,
+        on_segment: Callable[[Segment], None] | None = None,
     ) -> Transcript:
+        # openai-whisper has no per-segment hook: segments are passed on once the call returns.
         language, probability = (options.language, 1.0) if options.language else self._detect(audio)
         kwargs: dict[str, Any] = {
             "language": language,
@@ -86,7 +92,7 @@ class OpenAIWhisperBackend:
             "word_timestamps": options.word_timestamps,
             "initial_prompt": options.initial_prompt,
             "condition_on_previous_text": self._decode.condition_on_previous_text,
-            "beam_size": self._decode.beam_size,
+            "beam_size": options.beam_size or self._decode.beam_size,
             "best_of": self._decode.best_of,
             "fp16": self._fp16,
             "verbose": None,
@@ -112,6 +118,9 @@ class OpenAIWhisperBackend:
             )
             for i, s in enumerate(result["segments"])
         ]
+        if on_segment is not None:
+            for segment in segments:
+                on_segment(segment)
         return Transcript(
             text=str(result["text"]).strip(),
             language=str(result.get("language") or language),

@@ -33,6 +33,7 @@ from service.languages import join_texts
 
 if TYPE_CHECKING:
     import threading
+    from collections.abc import Callable
 
     import numpy as np
     import numpy.typing as npt
@@ -91,10 +92,15 @@ class SenseVoiceBackend:
             temperature=False,
             vad_filter=True,  # speech is always found by VAD first
             segment_scores=False,
+            partials=False,  # a live stream gets each VAD turn whole, with its emotion and events
         )
 
     def transcribe(
-        self, audio: npt.NDArray[np.float32], options: TranscribeOptions, cancel: threading.Event | None = None
+        self,
+        audio: npt.NDArray[np.float32],
+        options: TranscribeOptions,
+        cancel: threading.Event | None = None,
+        on_segment: Callable[[Segment], None] | None = None,
     ) -> Transcript:
         duration = len(audio) / SAMPLE_RATE
         language = options.language or "auto"
@@ -102,6 +108,9 @@ class SenseVoiceBackend:
             segments, raw = self._funasr_vad(audio, language)
         else:
             segments, raw = self._silero_chunks(audio, language, cancel)
+        if on_segment is not None:
+            for segment in segments:
+                on_segment(segment)
         return _transcript(segments, raw, duration, options.language)
 
     def _generate(

@@ -60,13 +60,14 @@ class QualityJob:
     def restore_counters(self) -> None:
         """Set the quality counters to the store's running totals (call once per fresh registry)."""
         m = self.metrics
-        counters = {
-            "word_errors": m.quality_word_errors,
-            "reference_words": m.quality_reference_words,
-            "char_errors": m.quality_char_errors,
-            "reference_chars": m.quality_reference_chars,
-            "scored": m.quality_scored,
-        }
+        counters = {"scored": m.quality_scored, "shadow_scored": m.quality_shadow_scored}
+        for unit in ("word", "char"):
+            counters[f"{unit}_errors"] = m.quality_errors[unit]
+            counters[f"reference_{unit}s"] = m.quality_reference_units[unit]
+            counters[f"weighted_{unit}_errors"] = m.quality_weighted_errors[unit]
+            counters[f"weighted_reference_{unit}s"] = m.quality_weighted_reference_units[unit]
+            counters[f"shadow_{unit}_errors"] = m.quality_shadow_errors[unit]
+            counters[f"shadow_reference_{unit}s"] = m.quality_shadow_reference_units[unit]
         for name, language, stratum, value in self.store.totals():
             if name == "samples":
                 m.quality_samples.labels(language_label(language), stratum).inc(value)
@@ -108,9 +109,9 @@ class QualityJob:
                 assert record.reference is not None
                 result = score(record.reference, hypothesis, record.language, self.normalizer)
                 if self.store.record_score(
-                    record.id, record.language, result.unit, result.errors, result.reference_units
+                    record.id, record.language, result.unit, result.errors, result.reference_units, record.weight
                 ):
-                    self._count(record.language, result.unit, result.errors, result.reference_units)
+                    self._count(record.language, result.unit, result.errors, result.reference_units, record.weight)
                     report.scored += 1
             report.pending = self.store.count("pending")
         self.metrics.quality_pending.set(report.pending)
@@ -131,14 +132,12 @@ class QualityJob:
             return "damaged_audio"
         return None
 
-    def _count(self, language: str, unit: str, errors: int, reference_units: int) -> None:
+    def _count(self, language: str, unit: str, errors: int, reference_units: int, weight: float) -> None:
         m, label = self.metrics, language_label(language)
-        if unit == "char":
-            m.quality_char_errors.labels(label).inc(errors)
-            m.quality_reference_chars.labels(label).inc(reference_units)
-        else:
-            m.quality_word_errors.labels(label).inc(errors)
-            m.quality_reference_words.labels(label).inc(reference_units)
+        m.quality_errors[unit].labels(label).inc(errors)
+        m.quality_reference_units[unit].labels(label).inc(reference_units)
+        m.quality_weighted_errors[unit].labels(label).inc(errors * weight)
+        m.quality_weighted_reference_units[unit].labels(label).inc(reference_units * weight)
         m.quality_scored.labels(label).inc()
 
     async def run_forever(self, interval: float) -> None:

@@ -6,6 +6,10 @@ ASR_QUALITY_MIN_PER_STRATUM samples a day: the keep rate is
 max(sample_rate, min(1, min_per_stratum / requests_seen_in_the_last_day)), with the day's
 count decayed continuously. Requests the hallucination guard flagged are kept at no less
 than ASR_QUALITY_FLAGGED_RATE, since they are the likeliest to be wrong.
+
+So samples are not a uniform draw: each is stored with the probability it was kept with, and the
+scoring job weights its errors and reference words by 1 / that probability (Horvitz-Thompson), so
+that the exported WER estimates what all requests got, not what the oversampled ones got.
 """
 
 from __future__ import annotations
@@ -82,7 +86,8 @@ class Sampler:
         """
         try:
             t = outcome.result.transcript
-            if self.store is None or self._rng.random() >= self.keep_rate(t.language, t.duration, bool(outcome.flags)):
+            rate = self.keep_rate(t.language, t.duration, bool(outcome.flags))
+            if self.store is None or self._rng.random() >= rate:
                 return None
             stratum = duration_bucket(t.duration)
             sample_id = await asyncio.to_thread(
@@ -96,6 +101,7 @@ class Sampler:
                 flags=outcome.flags,
                 request_id=request_id,
                 metadata={"container": outcome.audio.info.container, "codec": outcome.audio.info.codec},
+                inclusion_probability=rate,
             )
             self.metrics.quality_samples.labels(language_label(t.language), stratum).inc()
             return sample_id

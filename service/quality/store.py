@@ -59,7 +59,12 @@ CREATE TABLE IF NOT EXISTS samples (
     unit TEXT,
     errors INTEGER,
     reference_units INTEGER,
-    skip_reason TEXT
+    skip_reason TEXT,
+    inclusion_probability REAL,
+    shadow_at REAL,
+    shadow_unit TEXT,
+    shadow_errors INTEGER,
+    shadow_units INTEGER
 );
 CREATE INDEX IF NOT EXISTS samples_status ON samples(status, created_at);
 CREATE TABLE IF NOT EXISTS totals (
@@ -70,6 +75,19 @@ CREATE TABLE IF NOT EXISTS totals (
     PRIMARY KEY (name, language, stratum)
 );
 """
+
+
+# Columns added after the first release, added in place to an older index (ALTER TABLE).
+_ADDED_COLUMNS = {
+    # The probability with which the sampler kept this request (Horvitz-Thompson weight 1/p);
+    # NULL for samples kept before it was recorded, weighted 1.
+    "inclusion_probability": "REAL",
+    # The shadow engine's agreement with the served hypothesis (service.quality.shadow).
+    "shadow_at": "REAL",
+    "shadow_unit": "TEXT",
+    "shadow_errors": "INTEGER",
+    "shadow_units": "INTEGER",
+}
 
 
 class SampleConflictError(Exception):
@@ -95,6 +113,17 @@ class SampleRecord:
     errors: int | None
     reference_units: int | None
     skip_reason: str | None
+    inclusion_probability: float | None
+    shadow_at: float | None
+    shadow_unit: str | None
+    shadow_errors: int | None
+    shadow_units: int | None
+
+    @property
+    def weight(self) -> float:
+        """How many served requests this sample stands for (1 / its inclusion probability)."""
+        p = self.inclusion_probability
+        return 1.0 / p if p else 1.0
 
     def summary(self) -> dict[str, Any]:
         """The fields a review list shows."""
@@ -124,6 +153,10 @@ class SampleStore:
         (root / "incoming").mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(_SCHEMA)
+            present = {row["name"] for row in db.execute("PRAGMA table_info(samples)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE samples ADD COLUMN {column} {kind}")
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -157,6 +190,7 @@ class SampleStore:
         flags: list[str],
         request_id: str | None,
         metadata: dict[str, Any] | None = None,
+        inclusion_probability: float | None = None,
     ) -> str:
         """Store one sample atomically and return its id; enforces the count limit."""
         sample_id = uuid.uuid4().hex
@@ -178,6 +212,7 @@ class SampleStore:
                 "segments": [asdict(s) for s in transcript.segments],
                 "flags": flags,
                 "stratum": stratum,
+                "inclusion_probability": inclusion_probability,
                 **(metadata or {}),
             }
             with open(work / "sample.json", "w", encoding="utf-8") as fh:
@@ -191,7 +226,7 @@ class SampleStore:
         with self._db() as db:
             db.execute(
                 "INSERT INTO samples (id, created_at, language, stratum, duration, backend, model, hypothesis,"
-                " flags, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " flags, request_id, inclusion_probability) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     sample_id,
                     created,
@@ -203,6 +238,7 @@ class SampleStore:
                     transcript.text,
                     ",".join(flags),
                     request_id,
+                    inclusion_probability,
                 ),
             )
             _add_total(db, "samples", transcript.language, 1, stratum)
@@ -226,8 +262,11 @@ class SampleStore:
             )
         return self.get(sample_id)
 
-    def record_score(self, sample_id: str, language: str, unit: str, errors: int, reference_units: int) -> bool:
-        """Mark a sample scored and add its figures to the running totals, in one transaction.
+    def record_score(
+        self, sample_id: str, language: str, unit: str, errors: int, reference_units: int, weight: float = 1.0
+    ) -> bool:
+        """Mark a sample scored and add its figures to the running totals, in one transaction:
+        raw, and weighted by `weight` (1 / inclusion probability) for the population estimate.
 
         Returns False (and adds nothing) when the sample is no longer waiting to be scored.
         """
@@ -241,8 +280,41 @@ class SampleStore:
                 return False
             _add_total(db, f"{unit}_errors", language, errors)
             _add_total(db, f"reference_{unit}s", language, reference_units)
+            _add_total(db, f"weighted_{unit}_errors", language, errors * weight)
+            _add_total(db, f"weighted_reference_{unit}s", language, reference_units * weight)
             _add_total(db, "scored", language, 1)
         return True
+
+    def record_shadow(self, sample_id: str, language: str, unit: str, errors: int, units: int, weight: float) -> bool:
+        """Record the shadow engine's disagreement with the served hypothesis, once per sample."""
+        with self._db() as db:
+            updated = db.execute(
+                "UPDATE samples SET shadow_at = ?, shadow_unit = ?, shadow_errors = ?, shadow_units = ?"
+                " WHERE id = ? AND shadow_at IS NULL",
+                (time.time(), unit, errors, units, sample_id),
+            ).rowcount
+            if not updated:
+                return False
+            _add_total(db, f"shadow_{unit}_errors", language, errors * weight)
+            _add_total(db, f"shadow_reference_{unit}s", language, units * weight)
+            _add_total(db, "shadow_scored", language, 1)
+        return True
+
+    def unshadowed(self, limit: int) -> list[SampleRecord]:
+        """Samples the shadow engine has not transcribed yet, newest first (fresh drift matters most)."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT * FROM samples WHERE shadow_at IS NULL AND status != 'skipped'"
+                " ORDER BY created_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_record(r) for r in rows]
+
+    def scored(self) -> list[SampleRecord]:
+        """Every scored sample still in the store (for estimates with confidence intervals)."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM samples WHERE status = 'scored' ORDER BY scored_at").fetchall()
+        return [_record(r) for r in rows]
 
     def record_skip(self, sample_id: str, reason: str) -> None:
         with self._db() as db:

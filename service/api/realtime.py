@@ -1,0 +1,116 @@
+"""The Realtime WebSocket for live transcription: `/v1/realtime?intent=transcription`.
+
+The official client works unchanged: `client.realtime.connect(extra_query={"intent":
+"transcription"})`. The protocol is service.streaming.session's; this route adds what belongs
+to the connection: auth (the same bearer ASR_API_KEY), the stream limit (ASR_MAX_STREAMS: one
+more gets an `error` event and close code 1013, "try again later"), the idle timeout, the longest
+session, and draining (finished turns get the grace period, then close code 1012).
+Refusals are an `error` event followed by a close, so the client learns why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, WebSocket
+
+from service.api.common import has_bearer
+from service.streaming.hub import StreamLimitError
+from service.streaming.session import RealtimeSession
+
+if TYPE_CHECKING:
+    from service.config import Settings
+    from service.pipeline import Pipeline
+    from service.streaming.hub import StreamHub
+
+router = APIRouter()
+TRY_AGAIN_LATER = 1013
+SERVICE_RESTART = 1012
+POLICY_VIOLATION = 1008
+
+
+@router.websocket("/v1/realtime")
+async def realtime(websocket: WebSocket) -> None:
+    settings: Settings = websocket.app.state.settings
+    pipeline: Pipeline = websocket.app.state.pipeline
+    hub: StreamHub = websocket.app.state.streams
+    await websocket.accept()
+    lock = asyncio.Lock()
+
+    async def send(event: dict[str, Any]) -> None:
+        async with lock:
+            await websocket.send_text(json.dumps(event, ensure_ascii=False))
+
+    async def refuse(code: str, message: str, close_code: int, reason: str | None = None) -> None:
+        if reason is not None:
+            pipeline.metrics.rejected.labels(reason).inc()
+        error = {"type": "invalid_request_error", "code": code, "message": message, "param": None, "event_id": None}
+        await send({"event_id": f"event_{uuid.uuid4().hex[:24]}", "type": "error", "error": error})
+        await websocket.close(close_code, message[:120])
+
+    if settings.server.api_key is not None and not has_bearer(websocket, settings.server.api_key):
+        await refuse("unauthorized", "missing or invalid bearer token", POLICY_VIOLATION, "unauthorized")
+        return
+    if websocket.query_params.get("intent") != "transcription":
+        only = "only transcription sessions are served: connect with ?intent=transcription"
+        await refuse("unsupported_session", only, POLICY_VIOLATION, "bad_request")
+        return
+    if pipeline.engine.backend is None:
+        await refuse("not_ready", "the model is not ready", TRY_AGAIN_LATER, "not_ready")
+        return
+    if pipeline.lifecycle.draining:
+        await refuse("shutting_down", "the service is shutting down", SERVICE_RESTART, "shutting_down")
+        return
+    session = RealtimeSession(pipeline, settings.streams, send)
+    try:
+        with hub.open(session):
+            try:
+                await session.start()
+                await _serve(websocket, session, settings, hub)
+            finally:
+                await session.close()
+    except StreamLimitError:
+        await session.close()
+        limit = f"all {hub.max_streams} live streams are taken; retry later"
+        await refuse("too_many_streams", limit, TRY_AGAIN_LATER, "stream_limit")
+
+
+async def _serve(websocket: WebSocket, session: RealtimeSession, settings: Settings, hub: StreamHub) -> None:
+    limits = settings.streams
+    started = time.monotonic()
+    while True:
+        left = limits.stream_max_seconds - (time.monotonic() - started)
+        if left <= 0:
+            await session.error("session_too_long", f"a stream may last {limits.stream_max_seconds:.0f} s at most")
+            await websocket.close(POLICY_VIOLATION, "session too long")
+            return
+        receive = asyncio.ensure_future(websocket.receive())
+        drain = asyncio.ensure_future(hub.draining.wait())
+        done, _ = await asyncio.wait(
+            {receive, drain}, timeout=min(limits.stream_idle_seconds, left), return_when=asyncio.FIRST_COMPLETED
+        )
+        drain.cancel()
+        if receive not in done:
+            receive.cancel()
+            if drain in done:
+                # Turns already finished get the grace period; then the client is told why it ends.
+                await session.finish_pending(settings.server.shutdown_grace_seconds)
+                await session.error("shutting_down", "the service is shutting down; reconnect to another instance")
+                await websocket.close(SERVICE_RESTART, "service restart")
+                return
+            if time.monotonic() - started < limits.stream_max_seconds:
+                await session.error("idle_timeout", f"nothing received for {limits.stream_idle_seconds:.0f} s")
+                await websocket.close(1000, "idle timeout")
+                return
+            continue
+        message = receive.result()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") is not None:
+            await session.handle(message["text"])
+        else:
+            await session.error("binary_frames_unsupported", "send JSON text events (audio as base64 in an append)")

@@ -1,0 +1,158 @@
+"""Shadow scoring: a stronger engine re-transcribes sampled audio while the workers are idle.
+
+Human references are slow to come; a reference engine (ASR_SHADOW_MODEL, e.g. large-v3 beside a
+smaller served model) gives every kept sample an agreement score within minutes. The served
+hypothesis is scored against the shadow transcript as if it were the reference, weighted by the
+sample's inclusion probability like the human-referenced WER, into asr_quality_shadow_* counters.
+Shadow WER is not true WER (the shadow engine errs too, and shares some errors with the served
+one), so it is watched against its own baseline (ASRShadowDisagreementRising); how closely it
+tracks true WER is measured on samples that have both (`samples report`, docs/quality.md).
+
+Never at a request's expense: each transcription runs on a worker at IDLE priority (only when
+nothing else waits, and preempted when a request arrives with no worker free), and the engine
+seconds spent are capped per rolling hour (ASR_SHADOW_BUDGET_SECONDS_PER_HOUR).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import wave
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from service.backends.base import TranscribeOptions
+from service.cancellation import CancelToken
+from service.languages import language_label
+from service.quality.scoring import score
+from service.scheduler import Preempted, Priority
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable
+
+    import numpy.typing as npt
+
+    from service.backends.base import Backend
+    from service.config import Settings
+    from service.metrics import Metrics
+    from service.quality.store import SampleRecord, SampleStore
+    from service.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+_HOUR = 3600.0
+
+
+@dataclass
+class ShadowReport:
+    scored: int = 0
+    seconds: float = 0.0
+    stopped: str = ""  # why the run ended early: "budget", "preempted", or "" (nothing left)
+
+
+class ShadowScorer:
+    def __init__(
+        self,
+        settings: Settings,
+        store: SampleStore,
+        scheduler: Scheduler,
+        metrics: Metrics,
+        load: Callable[[], Backend],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self._load = load
+        self._backend: Backend | None = None
+        self._spent: deque[tuple[float, float]] = deque()  # (when, engine seconds) in the last hour
+
+    def budget_left(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        while self._spent and self._spent[0][0] < now - _HOUR:
+            self._spent.popleft()
+        return self.settings.shadow.budget_seconds_per_hour - sum(s for _, s in self._spent)
+
+    async def run_once(self, limit: int = 50) -> ShadowReport:
+        """Shadow-transcribe up to `limit` samples, newest first, within the hour's budget."""
+        report = ShadowReport()
+        if self._backend is None:
+            self._backend = await asyncio.to_thread(self._load)
+        for record in await asyncio.to_thread(self.store.unshadowed, limit):
+            if self.budget_left() <= 0:
+                report.stopped = "budget"
+                break
+            try:
+                seconds = await self._shadow(record)
+            except Preempted:
+                report.stopped = "preempted"  # a request needed the worker: try again next run
+                break
+            except (OSError, EOFError, wave.Error, ValueError):
+                log.warning("shadow scoring: sample %s is unreadable; left for the scoring job", record.id)
+                continue
+            report.scored += 1
+            report.seconds += seconds
+        return report
+
+    async def _shadow(self, record: SampleRecord) -> float:
+        backend = self._backend
+        assert backend is not None
+        audio = await asyncio.to_thread(_read_wav, self.store, record.id)
+        served = (await asyncio.to_thread(self.store.load_document, record.id))["hypothesis"]
+        language = record.language if record.language in backend.capabilities.languages else None
+        options = TranscribeOptions(language=language)
+
+        def job(cancel: threading.Event) -> tuple[str, float]:
+            started = time.perf_counter()
+            text = backend.transcribe(audio, options, cancel).text
+            return text, time.perf_counter() - started
+
+        text, seconds = await self.scheduler.run(
+            job, token=CancelToken(), priority=Priority.IDLE, time_limit=max(60.0, 10 * record.duration)
+        )
+        self._spent.append((time.monotonic(), seconds))
+        self.metrics.quality_shadow_seconds.inc(seconds)
+        agreement = score(text, served, record.language, self.settings.quality.normalizer)
+        if await asyncio.to_thread(
+            self.store.record_shadow,
+            record.id,
+            record.language,
+            agreement.unit,
+            agreement.errors,
+            agreement.reference_units,
+            record.weight,
+        ):
+            m, label = self.metrics, language_label(record.language)
+            m.quality_shadow_errors[agreement.unit].labels(label).inc(agreement.errors * record.weight)
+            m.quality_shadow_reference_units[agreement.unit].labels(label).inc(
+                agreement.reference_units * record.weight
+            )
+            m.quality_shadow_scored.labels(label).inc()
+        return seconds
+
+    async def run_forever(self, interval: float) -> None:
+        while True:
+            try:
+                report = await self.run_once()
+                if report.scored:
+                    log.info("shadow scoring: %s", report)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("shadow scoring failed")
+            await asyncio.sleep(interval)
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+
+def _read_wav(store: SampleStore, sample_id: str) -> npt.NDArray[np.float32]:
+    with wave.open(str(store.audio_path(sample_id)), "rb") as wav:
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    return pcm.astype(np.float32) / 32768.0
