@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.api import sse
 from service.api.common import engine_of, form_openapi, pipeline_of
-from service.api.uploads import answered, read_work, until_disconnected
+from service.api.uploads import read_work, run_work
 from service.errors import ServiceError, shown
 from service.formats import MEDIA_TYPES, openai_json, render_text, usage
 from service.languages import normalize_language
@@ -81,11 +81,7 @@ async def _respond(request: Request, form_model: type[TranslationForm], task: st
     form, work, multipart = await read_work(request, form_model, options)
     if form.stream:
         return await sse.stream(request, pipeline, work, multipart, _delta, _done, _error)
-    try:
-        outcome = await until_disconnected(request.receive, work.token, pipeline.transcribe(work))
-    finally:
-        await multipart.close()
-    background = answered(request, pipeline, outcome)
+    outcome, background = await run_work(request, work, multipart)
     fmt = form.response_format
     if fmt in ("json", "verbose_json"):
         words = isinstance(form, TranscriptionForm) and "word" in form.timestamp_granularities

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.api import sse
 from service.api.common import form_openapi, pipeline_of
-from service.api.uploads import answered, read_work, until_disconnected
+from service.api.uploads import read_work, run_work
 from service.formats import MEDIA_TYPES, render_text, segment_json, service_json
 from service.languages import normalize_language
 from service.pipeline import RequestOptions
@@ -89,11 +89,7 @@ async def transcribe(request: Request) -> Response:
             return sse.event(service_json(outcome.result, verbose=form.response_format == "verbose_json"), "done")
 
         return await sse.stream(request, pipeline, work, multipart, _segment_event, done, _error_event)
-    try:
-        outcome = await until_disconnected(request.receive, work.token, pipeline.transcribe(work))
-    finally:
-        await multipart.close()
-    background = answered(request, pipeline, outcome)
+    outcome, background = await run_work(request, work, multipart)
     fmt = form.response_format
     if fmt in ("json", "verbose_json"):
         body = service_json(outcome.result, verbose=fmt == "verbose_json")

@@ -57,13 +57,20 @@ async def transcribe_upload(
 ) -> tuple[F, Outcome, BackgroundTask]:
     """Run one upload through the pipeline; returns the parsed fields, the outcome and the
     background task (quality sampling, freeing the audio) to attach to the response."""
-    pipeline = pipeline_of(request)
     fields, work, form = await read_work(request, form_model, build_options, file_field)
+    outcome, background = await run_work(request, work, form)
+    return fields, outcome, background
+
+
+async def run_work(request: Request, work: Work, form: FormData) -> tuple[Outcome, BackgroundTask]:
+    """Run an upload's work while watching for a hang-up, close its form, and return the outcome
+    with the background task (quality sampling, freeing the audio) to attach to the response."""
+    pipeline = pipeline_of(request)
     try:
         outcome = await until_disconnected(request.receive, work.token, pipeline.transcribe(work))
     finally:
         await form.close()
-    return fields, outcome, answered(request, pipeline, outcome)
+    return outcome, answered(request, pipeline, outcome)
 
 
 def answered(request: Request, pipeline: Pipeline, outcome: Outcome) -> BackgroundTask:

@@ -17,18 +17,18 @@ import json
 import os
 import shutil
 import socket
-import sqlite3
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from service.backends.base import Segment, Word
 from service.metrics import is_alive
+from service.sqlite import connection
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    import sqlite3
+    from contextlib import AbstractContextManager
     from pathlib import Path
 
 ACTIVE = ("queued", "running")
@@ -115,16 +115,8 @@ class JobStore:
         with self._db() as db:
             db.executescript(_SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.root / "jobs.sqlite3", timeout=30.0)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.row_factory = sqlite3.Row
-            with db:
-                yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connection(self.root / "jobs.sqlite3")
 
     def upload_path(self, job_id: str) -> Path:
         return self.root / job_id / "upload"

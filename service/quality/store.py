@@ -18,18 +18,19 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import time
 import uuid
 import wave
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from service.sqlite import connection
+
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    import sqlite3
+    from contextlib import AbstractContextManager
     from pathlib import Path
 
     import numpy.typing as npt
@@ -158,18 +159,8 @@ class SampleStore:
                 if column not in present:
                     db.execute(f"ALTER TABLE samples ADD COLUMN {column} {kind}")
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        # A connection per operation: callers are threads and several processes; WAL lets
-        # readers and the one writer proceed together.
-        db = sqlite3.connect(self.root / "index.sqlite3", timeout=30.0)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.row_factory = sqlite3.Row
-            with db:
-                yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connection(self.root / "index.sqlite3")
 
     def sample_dir(self, sample_id: str) -> Path:
         if not valid_id(sample_id):
