@@ -20,7 +20,7 @@ ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN pip install .
+RUN pip install '.[postgres]'
 RUN python -c "from pathlib import Path; from service.embedded_model import embedded_model_path; \
 print(embedded_model_path('embedded:base', Path('/opt/models')))"
 
@@ -32,7 +32,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     ASR_HOST=0.0.0.0 \
     ASR_PORT=8000 \
     ASR_CACHE_DIR=/opt/models \
-    ASR_QUALITY_DIR=/var/lib/asr/quality
+    ASR_QUALITY_DIR=/var/lib/asr/quality \
+    ASR_JOBS_DIR=/var/lib/asr/jobs
 USER asr
 WORKDIR /var/lib/asr
 EXPOSE 8000

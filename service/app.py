@@ -24,6 +24,7 @@ from service.api.common import FORM_OVERHEAD_BYTES, UPLOAD_ROUTES, describe_vali
 from service.backends import load_backend
 from service.body_limit import BodyLimitMiddleware
 from service.config import Settings
+from service.database import open_shared
 from service.errors import ServiceError
 from service.gpu import GpuCollector
 from service.jobs.runner import JobRunner
@@ -71,10 +72,15 @@ def create_app(
     metrics = metrics or Metrics()
     metrics.add_collector(GpuCollector(_own_pids(metrics)))
     quality = settings.quality
-    store = SampleStore(quality.dir, quality.max_samples, quality.retention_days) if quality.sample_rate > 0 else None
+    shared = open_shared(settings.database)  # None: each store keeps an SQLite file
+    store = (
+        SampleStore(quality.dir, quality.max_samples, quality.retention_days, shared)
+        if quality.sample_rate > 0
+        else None
+    )
     job = QualityJob(store, metrics, quality.normalizer) if store else None
     pipeline = build_pipeline(settings, metrics, backend_factory, store)
-    runner = JobRunner(JobStore(settings.jobs.dir), pipeline, settings, metrics)
+    runner = JobRunner(JobStore(settings.jobs.dir, shared), pipeline, settings, metrics)
     shadow = _shadow_scorer(settings, store, pipeline, metrics)
     engine, scheduler, decoder, lifecycle = pipeline.engine, pipeline.scheduler, pipeline.decoder, pipeline.lifecycle
     if restore_counters is None:
@@ -110,6 +116,8 @@ def create_app(
             await asyncio.to_thread(engine.close)
             if shadow is not None:
                 await asyncio.to_thread(shadow.close)
+            if shared is not None:
+                await asyncio.to_thread(shared.close)
             if metrics.multiprocess:
                 # uvicorn has no child-exit hook: drop this worker's live gauges on the way out.
                 multiprocess.mark_process_dead(os.getpid())

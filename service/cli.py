@@ -85,11 +85,16 @@ def _prepare_multiprocess(settings: Settings) -> None:
 
     metrics = Metrics()
     if settings.quality.sample_rate > 0:
+        from service.database import open_shared
         from service.quality.job import QualityJob
         from service.quality.store import SampleStore
 
-        q = settings.quality
-        QualityJob(SampleStore(q.dir, q.max_samples, q.retention_days), metrics).restore_counters()
+        q, shared = settings.quality, open_shared(settings.database)
+        try:
+            QualityJob(SampleStore(q.dir, q.max_samples, q.retention_days, shared), metrics).restore_counters()
+        finally:
+            if shared is not None:
+                shared.close()
     # The supervisor serves no requests: its live gauges (ready 0, in-flight 0) must not be
     # merged with the workers'. Its counter files (the restored totals) stay.
     multiprocess.mark_process_dead(os.getpid(), str(path))
@@ -296,10 +301,11 @@ async def _evaluate_pairs(
 
 
 def _store(settings: Settings) -> Any:
+    from service.database import open_shared
     from service.quality.store import SampleStore
 
     q = settings.quality
-    return SampleStore(q.dir, q.max_samples, q.retention_days)
+    return SampleStore(q.dir, q.max_samples, q.retention_days, open_shared(settings.database))
 
 
 def samples_export(args: argparse.Namespace) -> int:

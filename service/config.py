@@ -262,6 +262,23 @@ class JobSettings(BaseSettings):
     retention_hours: float = Field(72.0, gt=0, description="Finished jobs (and their results) are deleted after this.")
 
 
+class DatabaseSettings(BaseSettings):
+    """Shared state for several replicas: the job table and the quality sample index in PostgreSQL."""
+
+    model_config = _config("ASR_DATABASE_")
+
+    url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL URL (`postgresql://user:password@host:5432/asr`) for the job table and the quality "
+        "sample index, shared by every replica (needs the `postgres` extra); unset: SQLite files in "
+        "ASR_JOBS_DIR and ASR_QUALITY_DIR. Replicas must then share those directories too (uploads, audio).",
+    )
+    pool_size: int = Field(8, ge=2, le=100, description="Most PostgreSQL connections one process holds.")
+    connect_timeout_seconds: float = Field(
+        30.0, gt=0, description="How long to wait for PostgreSQL at startup, and for a free pooled connection."
+    )
+
+
 class WebhookSettings(BaseSettings):
     """The POST a job's `webhook_url` receives when it ends."""
 
@@ -314,6 +331,7 @@ class Settings(BaseModel):
     streams: StreamSettings = Field(default_factory=StreamSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     sensevoice: SenseVoiceSettings = Field(default_factory=SenseVoiceSettings)
 
 

@@ -20,6 +20,7 @@ import pytest
 from deploy.local_stack import free_port
 from service.app import create_app
 from service.config import (
+    DatabaseSettings,
     DecodeSettings,
     JobSettings,
     LimitSettings,
@@ -30,7 +31,9 @@ from service.config import (
     Settings,
     WebhookSettings,
 )
+from service.database import Database, open_shared
 from service.metrics import Metrics
+from tests.postgres import PostgresServer, postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
 # Sentences espeak-ng speaks clearly; the references for WER.
@@ -94,7 +97,34 @@ def make_settings(tmp_path: Path, **groups: dict[str, Any]) -> Settings:
         quality=QualitySettings(**quality),
         jobs=JobSettings(**jobs),
         webhook=WebhookSettings(**groups.pop("webhook", {})),
+        database=DatabaseSettings(**groups.pop("database", {})),
     )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (started on first use)."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The store backends a test runs against, as the `database` settings group: {} keeps the
+    embedded SQLite files; "postgres" points at a fresh database on the session's server."""
+    if request.param == "sqlite":
+        return {}
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return {"url": server.new_database()}
+
+
+@pytest.fixture
+def shared_database(database: dict[str, Any]) -> Iterator[Database | None]:
+    """The shared Database the `database` case names (None for SQLite), as the app opens it."""
+    db = open_shared(DatabaseSettings(**database))
+    yield db
+    if db is not None:
+        db.close()
 
 
 @dataclass

@@ -80,10 +80,10 @@ def job_settings(tmp_path: Path, **extra: dict[str, Any]) -> Any:
 
 
 async def test_a_job_runs_in_windows_and_its_result_comes_in_every_format(
-    tmp_path: Path, two_minutes: bytes, hook: Hook
+    tmp_path: Path, two_minutes: bytes, hook: Hook, database: dict[str, Any]
 ) -> None:
     backend = FakeBackend(text="hello world")
-    async with running_app(job_settings(tmp_path), factory(backend)) as h:
+    async with running_app(job_settings(tmp_path, database=database), factory(backend)) as h:
         r = await h.client.post(
             "/v1/jobs", files={"file": ("talk.mp3", two_minutes)}, data={"language": "en", "webhook_url": hook.url}
         )
@@ -129,9 +129,9 @@ async def test_a_job_runs_in_windows_and_its_result_comes_in_every_format(
         assert (await h.client.get(f"/v1/jobs/{job['id']}")).status_code == 404
 
 
-async def test_a_running_job_can_be_cancelled(tmp_path: Path, two_minutes: bytes) -> None:
+async def test_a_running_job_can_be_cancelled(tmp_path: Path, two_minutes: bytes, database: dict[str, Any]) -> None:
     backend = FakeBackend(delay=1.0)
-    async with running_app(job_settings(tmp_path), factory(backend)) as h:
+    async with running_app(job_settings(tmp_path, database=database), factory(backend)) as h:
         job = (await h.client.post("/v1/jobs", files={"file": ("talk.mp3", two_minutes)})).json()
         await wait_status(h, job["id"], {"running"})
         r = await h.client.delete(f"/v1/jobs/{job['id']}")
@@ -142,9 +142,15 @@ async def test_a_running_job_can_be_cancelled(tmp_path: Path, two_minutes: bytes
         assert (await h.client.get(f"/v1/jobs/{job['id']}/result")).status_code == 409
 
 
-async def test_job_submission_limits_and_checks(tmp_path: Path, two_minutes: bytes, speech_dir: Path) -> None:
+async def test_job_submission_limits_and_checks(
+    tmp_path: Path, two_minutes: bytes, speech_dir: Path, database: dict[str, Any]
+) -> None:
     settings = job_settings(
-        tmp_path, jobs={"max_queued": 1}, server={"api_key": "k"}, webhook={"allowed_hosts": "hooks.example.org"}
+        tmp_path,
+        jobs={"max_queued": 1},
+        server={"api_key": "k"},
+        webhook={"allowed_hosts": "hooks.example.org"},
+        database=database,
     )
     key = {"Authorization": "Bearer k"}
     async with running_app(settings, factory(FakeBackend(delay=2.0))) as h:

@@ -7,6 +7,7 @@ import csv
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import jiwer
 import numpy as np
@@ -21,11 +22,12 @@ pytestmark = pytest.mark.anyio
 ADMIN = {"Authorization": "Bearer adm1n"}
 
 
-def _quality_settings(tmp_path: Path, **quality: object) -> object:
+def _quality_settings(tmp_path: Path, database: dict[str, Any] | None = None, **quality: object) -> object:
     return make_settings(
         tmp_path,
         quality={"sample_rate": 1.0, "normalizer": "basic", "interval_seconds": 3600, **quality},
         server={"admin_token": "adm1n"},
+        database=database or {},
     )
 
 
@@ -39,8 +41,10 @@ async def _wait_samples(h: object, count: int) -> list[dict[str, object]]:
 
 
 @pytest.mark.slow
-async def test_sampled_requests_scored_against_references_match_jiwer(tmp_path: Path, speech_dir: Path) -> None:
-    async with running_app(_quality_settings(tmp_path)) as h:
+async def test_sampled_requests_scored_against_references_match_jiwer(
+    tmp_path: Path, speech_dir: Path, database: dict[str, Any]
+) -> None:
+    async with running_app(_quality_settings(tmp_path, database)) as h:
         for name in SENTENCES:
             path = speech_dir / f"{name}.mp3"
             r = await h.client.post("/transcribe", files={"file": (path.name, path.read_bytes())})
@@ -82,7 +86,7 @@ async def test_sampled_requests_scored_against_references_match_jiwer(tmp_path: 
         assert scored["total"] == len(SENTENCES)
 
     # A restart restores the counters from the store.
-    async with running_app(_quality_settings(tmp_path)) as h2:
+    async with running_app(_quality_settings(tmp_path, database)) as h2:
         assert h2.sample("asr_quality_word_errors_total", {"language": "en"}) == expected_errors
         assert h2.sample("asr_quality_reference_words_total", {"language": "en"}) == expected_words
         assert h2.sample("asr_quality_samples_total", {"language": "en", "stratum": "short"}) == len(SENTENCES)
@@ -92,9 +96,11 @@ def _which_sentence(hypothesis: str) -> str:
     return min(SENTENCES.values(), key=lambda s: jiwer.wer(basic_normalize(s), basic_normalize(hypothesis)))
 
 
-async def test_chinese_samples_are_scored_by_characters(tmp_path: Path, speech_dir: Path) -> None:
+async def test_chinese_samples_are_scored_by_characters(
+    tmp_path: Path, speech_dir: Path, database: dict[str, Any]
+) -> None:
     backend = FakeBackend(text="今天天汽很好", language="zh")
-    async with running_app(_quality_settings(tmp_path), factory(backend)) as h:
+    async with running_app(_quality_settings(tmp_path, database), factory(backend)) as h:
         r = await h.client.post(
             "/transcribe", files={"file": ("a.wav", (speech_dir / "fox.wav").read_bytes())}, data={"language": "zh"}
         )
@@ -108,9 +114,9 @@ async def test_chinese_samples_are_scored_by_characters(tmp_path: Path, speech_d
 
 
 async def test_damaged_or_missing_files_are_skipped_counted_and_the_job_goes_on(
-    tmp_path: Path, speech_dir: Path
+    tmp_path: Path, speech_dir: Path, database: dict[str, Any]
 ) -> None:
-    async with running_app(_quality_settings(tmp_path), factory(FakeBackend(text="hello world"))) as h:
+    async with running_app(_quality_settings(tmp_path, database), factory(FakeBackend(text="hello world"))) as h:
         for _ in range(4):
             await h.client.post("/transcribe", files={"file": ("a.wav", (speech_dir / "fox.wav").read_bytes())})
         items = await _wait_samples(h, 4)

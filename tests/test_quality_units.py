@@ -13,6 +13,7 @@ import pytest
 from service.audio import DecodedAudio
 from service.backends.base import Segment, Transcript
 from service.config import QualitySettings
+from service.database import Database
 from service.metrics import Metrics
 from service.quality import hallucination
 from service.quality.sampler import Sampler, duration_bucket
@@ -122,16 +123,16 @@ def _add(store: SampleStore, text: str = "hello world", language: str = "en") ->
     )
 
 
-def test_retention_by_count_removes_the_oldest(tmp_path: Path) -> None:
-    store = SampleStore(tmp_path, max_samples=3, retention_days=30)
+def test_retention_by_count_removes_the_oldest(tmp_path: Path, shared_database: Database | None) -> None:
+    store = SampleStore(tmp_path, max_samples=3, retention_days=30, database=shared_database)
     ids = [_add(store, f"sample {i}") for i in range(5)]
     kept, total = store.page(limit=10)
     assert total == 3 and {r.id for r in kept} == set(ids[2:])
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == sorted(ids[2:])
 
 
-def test_retention_by_age_and_orphans(tmp_path: Path) -> None:
-    store = SampleStore(tmp_path, max_samples=100, retention_days=1)
+def test_retention_by_age_and_orphans(tmp_path: Path, shared_database: Database | None) -> None:
+    store = SampleStore(tmp_path, max_samples=100, retention_days=1, database=shared_database)
     old = _add(store)
     orphan = tmp_path / "incoming" / ("f" * 32)  # as a crash mid-write would leave it
     orphan.mkdir()
@@ -140,8 +141,8 @@ def test_retention_by_age_and_orphans(tmp_path: Path) -> None:
     assert store.get(old) is None and not (tmp_path / "samples" / old).exists() and not orphan.exists()
 
 
-def test_totals_outlive_deleted_samples(tmp_path: Path) -> None:
-    store = SampleStore(tmp_path, max_samples=100, retention_days=30)
+def test_totals_outlive_deleted_samples(tmp_path: Path, shared_database: Database | None) -> None:
+    store = SampleStore(tmp_path, max_samples=100, retention_days=30, database=shared_database)
     sample = _add(store)
     store.set_reference(sample, "hello world")
     assert store.record_score(sample, "en", "word", 1, 2)

@@ -1,8 +1,9 @@
-"""The job table: jobs, their finished windows, their uploads, in SQLite beside the quality store.
+"""The job table: jobs, their finished windows, their uploads.
 
 Layout under ASR_JOBS_DIR:
-    jobs.sqlite3        one row per job, one per finished window
-    <id>/upload         the uploaded file, kept until the job ends
+    jobs.sqlite3        one row per job, one per finished window (unless ASR_DATABASE_URL
+                        puts those tables in PostgreSQL, shared by every replica)
+    <id>/upload         the uploaded file, kept until the job ends (replicas share the directory)
 
 A job is worked on by whoever holds its lease (owner "host:pid:nonce", renewed as windows
 finish). A process that dies leaves its lease behind: on the same host it is stale as soon as
@@ -23,13 +24,14 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from service.backends.base import Segment, Word
+from service.database import Database, Row, SQLiteDatabase
 from service.metrics import is_alive
-from service.sqlite import connection
 
 if TYPE_CHECKING:
-    import sqlite3
     from contextlib import AbstractContextManager
     from pathlib import Path
+
+    from service.database import Connection
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -38,33 +40,33 @@ LEASE_SECONDS = 60.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
     status TEXT NOT NULL,
     options TEXT NOT NULL,
     filename TEXT,
     webhook_url TEXT,
-    duration REAL,
+    duration DOUBLE PRECISION,
     windows TEXT,
     language TEXT,
-    language_probability REAL,
-    audio_done REAL NOT NULL DEFAULT 0,
-    started_at REAL,
-    finished_at REAL,
+    language_probability DOUBLE PRECISION,
+    audio_done DOUBLE PRECISION NOT NULL DEFAULT 0,
+    started_at DOUBLE PRECISION,
+    finished_at DOUBLE PRECISION,
     error_code TEXT,
     error_message TEXT,
     lease_owner TEXT,
-    lease_until REAL,
+    lease_until DOUBLE PRECISION,
     webhook_state TEXT,
     webhook_attempts INTEGER NOT NULL DEFAULT 0,
-    webhook_next REAL,
+    webhook_next DOUBLE PRECISION,
     webhook_error TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created_at);
 CREATE TABLE IF NOT EXISTS job_windows (
     job_id TEXT NOT NULL,
     idx INTEGER NOT NULL,
-    start REAL NOT NULL,
-    stop REAL NOT NULL,
+    start DOUBLE PRECISION NOT NULL,
+    stop DOUBLE PRECISION NOT NULL,
     text TEXT NOT NULL,
     segments TEXT NOT NULL,
     PRIMARY KEY (job_id, idx)
@@ -109,14 +111,15 @@ def _lease_stale(owner: str | None, until: float | None, now: float) -> bool:
 
 
 class JobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, database: Database | None = None) -> None:
+        """`database`: the shared one (PostgreSQL); by default an SQLite file in `root`."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
+        self.database = database if database is not None else SQLiteDatabase(root / "jobs.sqlite3")
+        self.database.create(_SCHEMA, {})
 
-    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
-        return connection(self.root / "jobs.sqlite3")
+    def _db(self, exclusive: str | None = None) -> AbstractContextManager[Connection]:
+        return self.database.transaction(exclusive)
 
     def upload_path(self, job_id: str) -> Path:
         return self.root / job_id / "upload"
@@ -151,12 +154,13 @@ class JobStore:
 
     def count_active(self) -> int:
         with self._db() as db:
-            return int(db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0])
+            row = db.execute("SELECT COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running')").fetchone()
+        return int(row["n"]) if row else 0
 
     def counts(self) -> dict[str, int]:
         with self._db() as db:
-            rows = db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
-        return {row[0]: int(row[1]) for row in rows}
+            rows = db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
+        return {row["status"]: int(row["n"]) for row in rows}
 
     def windows(self, job_id: str) -> list[tuple[int, float, list[Segment], str]]:
         """Finished windows (index, start seconds, segments with times from the audio's start, text)."""
@@ -171,8 +175,7 @@ class JobStore:
     def claim(self, owner: str, skip: set[str]) -> JobRecord | None:
         """Take the lease on the oldest active job nobody holds (and not in `skip`); None if none."""
         now = time.time()
-        with self._db() as db:
-            db.execute("BEGIN IMMEDIATE")
+        with self._db(exclusive="jobs.claim") as db:
             rows = db.execute(
                 "SELECT id, lease_owner, lease_until FROM jobs"
                 " WHERE status IN ('queued', 'running') ORDER BY created_at"
@@ -237,8 +240,9 @@ class JobStore:
             if not held:
                 return False
             db.execute(
-                "INSERT OR REPLACE INTO job_windows (job_id, idx, start, stop, text, segments)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO job_windows (job_id, idx, start, stop, text, segments) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (job_id, idx) DO UPDATE SET start = excluded.start, stop = excluded.stop,"
+                " text = excluded.text, segments = excluded.segments",
                 (job_id, index, start, stop, text, json.dumps([asdict(s) for s in segments])),
             )
         return True
@@ -311,7 +315,7 @@ class JobStore:
         return len(rows)
 
 
-def _record(row: sqlite3.Row) -> JobRecord:
+def _record(row: Row) -> JobRecord:
     values = dict(row)
     values.pop("lease_owner")
     values.pop("lease_until")

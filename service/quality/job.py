@@ -6,8 +6,9 @@ exported totals survive restarts (Prometheus treats the restart as a counter res
 way; increase() and rate() are unaffected). In multiprocess mode the supervising process
 restores them once, since a restarted worker's dead predecessor still has its files.
 
-Runs in the service every ASR_QUALITY_INTERVAL_SECONDS and on demand (API, CLI). A file
-lock serialises runs across processes; a sample whose files are missing or damaged is
+Runs in the service every ASR_QUALITY_INTERVAL_SECONDS and on demand (API, CLI). The store's
+database lock serialises runs across processes, and with PostgreSQL across replicas (an
+advisory lock), so each sample is scored by one run; a sample whose files are missing or damaged is
 marked skipped, counted by reason, and the run goes on.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import threading
 import time
@@ -77,16 +77,8 @@ class QualityJob:
 
     @contextlib.contextmanager
     def _exclusive(self, wait: bool) -> Iterator[bool]:
-        with self._thread_lock, open(self.store.root / "job.lock", "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with self._thread_lock, self.store.database.exclusive("quality-job", wait) as held:
+            yield held
 
     def run_once(self, wait: bool = True) -> JobReport:
         """Apply retention, score what has a reference, update the gauges; blocking.

@@ -1,7 +1,8 @@
-"""Sample store: kept requests on disk (audio + metadata) with an SQLite index.
+"""Sample store: kept requests on disk (audio + metadata) with an index in a database.
 
-Layout under ASR_QUALITY_DIR:
-    index.sqlite3              one row per sample, plus running totals for the counters
+Layout under ASR_QUALITY_DIR (replicas share the directory):
+    index.sqlite3              one row per sample, plus running totals for the counters (unless
+                               ASR_DATABASE_URL puts those tables in PostgreSQL)
     samples/<id>/audio.wav     16 kHz mono PCM
     samples/<id>/sample.json   hypothesis, segments, engine and request metadata
     incoming/                  samples being written
@@ -26,16 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.sqlite import connection
+from service.database import Database, Row, SQLiteDatabase
 
 if TYPE_CHECKING:
-    import sqlite3
     from contextlib import AbstractContextManager
     from pathlib import Path
 
     import numpy.typing as npt
 
     from service.backends.base import Transcript
+    from service.database import Connection
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 STATUSES = ("pending", "referenced", "scored", "skipped")
@@ -44,10 +45,10 @@ _ORPHAN_GRACE_SECONDS = 3600.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
     id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
     language TEXT NOT NULL,
     stratum TEXT NOT NULL,
-    duration REAL NOT NULL,
+    duration DOUBLE PRECISION NOT NULL,
     backend TEXT NOT NULL,
     model TEXT NOT NULL,
     hypothesis TEXT NOT NULL,
@@ -55,14 +56,14 @@ CREATE TABLE IF NOT EXISTS samples (
     request_id TEXT,
     status TEXT NOT NULL DEFAULT 'pending',
     reference TEXT,
-    referenced_at REAL,
-    scored_at REAL,
+    referenced_at DOUBLE PRECISION,
+    scored_at DOUBLE PRECISION,
     unit TEXT,
     errors INTEGER,
     reference_units INTEGER,
     skip_reason TEXT,
-    inclusion_probability REAL,
-    shadow_at REAL,
+    inclusion_probability DOUBLE PRECISION,
+    shadow_at DOUBLE PRECISION,
     shadow_unit TEXT,
     shadow_errors INTEGER,
     shadow_units INTEGER
@@ -72,7 +73,7 @@ CREATE TABLE IF NOT EXISTS totals (
     name TEXT NOT NULL,
     language TEXT NOT NULL,
     stratum TEXT NOT NULL DEFAULT '',
-    value REAL NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (name, language, stratum)
 );
 """
@@ -82,9 +83,9 @@ CREATE TABLE IF NOT EXISTS totals (
 _ADDED_COLUMNS = {
     # The probability with which the sampler kept this request (Horvitz-Thompson weight 1/p);
     # NULL for samples kept before it was recorded, weighted 1.
-    "inclusion_probability": "REAL",
+    "inclusion_probability": "DOUBLE PRECISION",
     # The shadow engine's agreement with the served hypothesis (service.quality.shadow).
-    "shadow_at": "REAL",
+    "shadow_at": "DOUBLE PRECISION",
     "shadow_unit": "TEXT",
     "shadow_errors": "INTEGER",
     "shadow_units": "INTEGER",
@@ -146,21 +147,18 @@ def valid_id(sample_id: str) -> bool:
 
 
 class SampleStore:
-    def __init__(self, root: Path, max_samples: int, retention_days: float) -> None:
+    def __init__(self, root: Path, max_samples: int, retention_days: float, database: Database | None = None) -> None:
+        """`database`: the shared one (PostgreSQL); by default an SQLite file in `root`."""
         self.root = root
         self.max_samples = max_samples
         self.retention_seconds = retention_days * 86400.0
         (root / "samples").mkdir(parents=True, exist_ok=True)
         (root / "incoming").mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
-            present = {row["name"] for row in db.execute("PRAGMA table_info(samples)")}
-            for column, kind in _ADDED_COLUMNS.items():
-                if column not in present:
-                    db.execute(f"ALTER TABLE samples ADD COLUMN {column} {kind}")
+        self.database = database if database is not None else SQLiteDatabase(root / "index.sqlite3")
+        self.database.create(_SCHEMA, {"samples": _ADDED_COLUMNS})
 
-    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
-        return connection(self.root / "index.sqlite3")
+    def _db(self) -> AbstractContextManager[Connection]:
+        return self.database.transaction()
 
     def sample_dir(self, sample_id: str) -> Path:
         if not valid_id(sample_id):
@@ -323,9 +321,11 @@ class SampleStore:
     def enforce_count(self) -> int:
         """Delete the oldest samples beyond max_samples; returns how many went."""
         with self._db() as db:
-            rows = db.execute(
-                "SELECT id FROM samples ORDER BY created_at DESC LIMIT -1 OFFSET ?", (self.max_samples,)
-            ).fetchall()
+            row = db.execute("SELECT COUNT(*) AS n FROM samples").fetchone()
+            excess = int(row["n"]) - self.max_samples if row else 0
+            if excess <= 0:
+                return 0
+            rows = db.execute("SELECT id FROM samples ORDER BY created_at LIMIT ?", (excess,)).fetchall()
         for row in rows:
             self.delete(row["id"])
         return len(rows)
@@ -335,7 +335,7 @@ class SampleStore:
         now = time.time() if now is None else now
         with self._db() as db:
             old = db.execute("SELECT id FROM samples WHERE created_at < ?", (now - self.retention_seconds,)).fetchall()
-            known = {row["id"] for row in db.execute("SELECT id FROM samples")}
+            known = {row["id"] for row in db.execute("SELECT id FROM samples").fetchall()}
         for row in old:
             self.delete(row["id"])
         removed = len(old) + self.enforce_count()
@@ -361,11 +361,11 @@ class SampleStore:
         """Return one page of samples (newest first) and the total that match."""
         where, params = _filters(status, language)
         with self._db() as db:
-            total = db.execute(f"SELECT COUNT(*) FROM samples{where}", params).fetchone()[0]
+            counted = db.execute(f"SELECT COUNT(*) AS n FROM samples{where}", params).fetchone()
             rows = db.execute(
                 f"SELECT * FROM samples{where} ORDER BY created_at DESC LIMIT ? OFFSET ?", (*params, limit, offset)
             ).fetchall()
-        return [_record(r) for r in rows], int(total)
+        return [_record(r) for r in rows], int(counted["n"]) if counted else 0
 
     def referenced(self) -> list[SampleRecord]:
         """Samples with a reference that the job has not scored yet, oldest first."""
@@ -375,12 +375,14 @@ class SampleStore:
 
     def count(self, status: str) -> int:
         with self._db() as db:
-            return int(db.execute("SELECT COUNT(*) FROM samples WHERE status = ?", (status,)).fetchone()[0])
+            row = db.execute("SELECT COUNT(*) AS n FROM samples WHERE status = ?", (status,)).fetchone()
+        return int(row["n"]) if row else 0
 
     def totals(self) -> list[tuple[str, str, str, float]]:
         """Running totals (name, language, stratum, value) that outlive deleted samples."""
         with self._db() as db:
-            return [tuple(r) for r in db.execute("SELECT name, language, stratum, value FROM totals")]
+            rows = db.execute("SELECT name, language, stratum, value FROM totals").fetchall()
+        return [(r["name"], r["language"], r["stratum"], float(r["value"])) for r in rows]
 
     def load_document(self, sample_id: str) -> dict[str, Any]:
         """Read a sample's sample.json; raises OSError or ValueError when missing or damaged."""
@@ -415,10 +417,10 @@ def _write_wav(path: Path, audio: npt.NDArray[np.float32], sample_rate: int) -> 
         wav.writeframes(pcm.tobytes())
 
 
-def _add_total(db: sqlite3.Connection, name: str, language: str, value: float, stratum: str = "") -> None:
+def _add_total(db: Connection, name: str, language: str, value: float, stratum: str = "") -> None:
     db.execute(
         "INSERT INTO totals (name, language, stratum, value) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT(name, language, stratum) DO UPDATE SET value = value + excluded.value",
+        " ON CONFLICT(name, language, stratum) DO UPDATE SET value = totals.value + excluded.value",
         (name, language, stratum, value),
     )
 
@@ -434,7 +436,7 @@ def _filters(status: str | None, language: str | None) -> tuple[str, tuple[str, 
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
 
 
-def _record(row: sqlite3.Row) -> SampleRecord:
+def _record(row: Row) -> SampleRecord:
     values = {f.name: row[f.name] for f in fields(SampleRecord)}
     values["flags"] = [f for f in row["flags"].split(",") if f]
     return SampleRecord(**values)
