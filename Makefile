@@ -7,8 +7,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 # Debian packages: test audio (espeak-ng, ffmpeg, sox), the monitoring stack the tests run
 # for real (prometheus, alertmanager, node-exporter), and docker-compose to validate the
-# compose file without an engine.
-TEST_APT := espeak-ng ffmpeg sox prometheus prometheus-alertmanager prometheus-node-exporter docker-compose
+# compose file without an engine; PostgreSQL, which the shared-state tests start themselves.
+TEST_APT := espeak-ng ffmpeg sox prometheus prometheus-alertmanager prometheus-node-exporter docker-compose postgresql
 # CPU torch for the optional engines. FunASR's frontend needs torchaudio, which on this
 # platform pairs with torch 2.9.1 (torchvision first, then torchaudio, so that pip never
 # swaps torch for a newer build).
@@ -57,7 +57,7 @@ $(VENV)/.core: $(VENV)/.python pyproject.toml
 $(VENV)/.full: $(VENV)/.core pyproject.toml
 	$(PIP) install $(TORCH_PAIR)
 	$(PIP) install $(TORCHAUDIO)
-	$(PIP) install -e '.[dev,sensevoice,openai-whisper]' $(TORCHAUDIO)
+	$(PIP) install -e '.[dev,sensevoice,openai-whisper,postgres]' $(TORCHAUDIO)
 	touch $@
 
 apt-test:
