@@ -14,13 +14,16 @@ TEST_APT := espeak-ng ffmpeg sox prometheus prometheus-alertmanager prometheus-n
 # swaps torch for a newer build).
 TORCH_PAIR := torch==2.9.1 torchvision==0.24.1
 TORCHAUDIO := torch==2.9.1 torchaudio==2.9.1
+# checkov (the policy scan of deploy/kubernetes) pins many packages of its own: its own venv.
+TOOLS := .venv-tools
+CHECKOV := checkov==3.3.30
 
 .PHONY: run test lint unit bench bench-overhead stack apt-test config-docs clean
 
 run: $(VENV)/.core
 	$(PY) -m service serve
 
-test: apt-test $(VENV)/.full
+test: apt-test $(VENV)/.full $(TOOLS)/.checkov
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -60,6 +63,11 @@ $(VENV)/.full: $(VENV)/.core pyproject.toml
 	$(PIP) install -e '.[dev,sensevoice,openai-whisper,postgres]' $(TORCHAUDIO)
 	touch $@
 
+$(TOOLS)/.checkov:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip --disable-pip-version-check -q install $(CHECKOV)
+	touch $@
+
 apt-test:
 	@missing=$$(for p in $(TEST_APT); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -70,6 +78,9 @@ apt-test:
 	    echo "missing Debian packages (install them as root): $$missing" >&2; exit 1; \
 	  fi; \
 	fi
+	@# kubectl renders the kustomize overlays; the CI image has one (with kustomize v5), and
+	@# Debian's kubernetes-client is the fallback where none is installed.
+	@command -v kubectl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null; }
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

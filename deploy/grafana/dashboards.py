@@ -348,7 +348,8 @@ def quality() -> dict[str, Any]:
 
 def resources() -> dict[str, Any]:
     lay = Layout()
-    node, fs = 'job="node"', 'job="node", fstype!~"tmpfs|overlay|squashfs|ramfs"'
+    # node-exporter's job is "node" in the compose stack, "node-exporter" in kube-prometheus-stack.
+    node, fs = 'job=~"node|node-exporter"', 'job=~"node|node-exporter", fstype!~"tmpfs|overlay|squashfs|ramfs"'
     lay.row("GPU (dcgm-exporter; the service's NVML readings where dcgm-exporter is absent)")
     util = [("DCGM_FI_DEV_GPU_UTIL / 100", "dcgm gpu {{gpu}}"), ("asr_gpu_utilization_ratio", "nvml gpu {{gpu}}")]
     lay.add(timeseries("GPU utilisation", util, "percentunit", T["gpu_utilization_ratio"]), 6)
