@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import re
 import sqlite3
-import threading
 import zlib
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -73,31 +71,32 @@ class SQLiteDatabase(Database):
         self.path = path
 
     @contextlib.contextmanager
-    def transaction(self, exclusive: str | None = None) -> Iterator[Connection]:
+    def _open(self) -> Iterator[sqlite3.Connection]:
+        """A connection in WAL mode with dict rows, its block one transaction, closed after."""
         db = sqlite3.connect(self.path, timeout=30.0)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.row_factory = _dict_row
             with db:
-                if exclusive is not None:  # SQLite has one writer: taking the write lock now suffices
-                    db.execute("BEGIN IMMEDIATE")
                 yield db
         finally:
             db.close()
 
+    @contextlib.contextmanager
+    def transaction(self, exclusive: str | None = None) -> Iterator[Connection]:
+        with self._open() as db:
+            if exclusive is not None:  # SQLite has one writer: taking the write lock now suffices
+                db.execute("BEGIN IMMEDIATE")
+            yield db
+
     def create(self, schema: str, added_columns: dict[str, dict[str, str]]) -> None:
-        db = sqlite3.connect(self.path, timeout=30.0)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            with db:
-                db.executescript(schema)
-                for table, columns in added_columns.items():
-                    present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                    for column, kind in columns.items():
-                        if column not in present:  # SQLite has no ADD COLUMN IF NOT EXISTS
-                            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        finally:
-            db.close()
+        with self._open() as db:
+            db.executescript(schema)
+            for table, columns in added_columns.items():
+                present = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+                for column, kind in columns.items():
+                    if column not in present:  # SQLite has no ADD COLUMN IF NOT EXISTS
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @contextlib.contextmanager
     def exclusive(self, name: str, wait: bool) -> Iterator[bool]:
@@ -136,7 +135,6 @@ class PostgresDatabase(Database):
             name="asr-store",
         )
         self._pool.open(wait=True, timeout=timeout)
-        self._closed = threading.Event()
 
     @contextlib.contextmanager
     def transaction(self, exclusive: str | None = None) -> Iterator[Connection]:
@@ -178,8 +176,7 @@ class PostgresDatabase(Database):
                 conn.autocommit = False
 
     def close(self) -> None:
-        if not self._closed.is_set():
-            self._closed.set()
+        if not self._pool.closed:
             self._pool.close()
 
 
@@ -191,10 +188,7 @@ class _PostgresConnection:
         self._conn = conn
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        return cast("Cursor", self._conn.execute(_PLACEHOLDER.sub("%s", sql), tuple(params)))
-
-
-_PLACEHOLDER = re.compile(r"\?")
+        return cast("Cursor", self._conn.execute(sql.replace("?", "%s"), tuple(params)))
 
 
 def _lock_key(name: str) -> int:
