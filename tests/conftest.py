@@ -29,6 +29,7 @@ from service.config import (
     SchedulerSettings,
     ServerSettings,
     Settings,
+    ShadowSettings,
     WebhookSettings,
 )
 from service.database import Database, open_shared
@@ -98,6 +99,7 @@ def make_settings(tmp_path: Path, **groups: dict[str, Any]) -> Settings:
         jobs=JobSettings(**jobs),
         webhook=WebhookSettings(**groups.pop("webhook", {})),
         database=DatabaseSettings(**groups.pop("database", {})),
+        shadow=ShadowSettings(**groups.pop("shadow", {})),
     )
 
 

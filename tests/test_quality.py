@@ -137,6 +137,42 @@ async def test_damaged_or_missing_files_are_skipped_counted_and_the_job_goes_on(
         assert skipped["total"] == 3
 
 
+async def test_one_replica_at_a_time_shadow_scores_a_store(
+    tmp_path: Path, speech_dir: Path, database: dict[str, Any]
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        quality={"sample_rate": 1.0, "normalizer": "basic", "interval_seconds": 3600},
+        shadow={"model": "embedded:tiny.en", "interval_seconds": 3600},
+        database=database,
+    )
+    async with running_app(settings, factory(FakeBackend(text="the quick brown fox"))) as h:
+        shadow, store = h.app.state.shadow, h.app.state.store
+        # The run at startup (which loads the shadow model) ends before the sample arrives.
+        async with asyncio.timeout(30):
+            while True:
+                with store.database.exclusive("shadow", wait=False) as free:
+                    if free and shadow._backend is not None:
+                        break
+                await asyncio.sleep(0.05)
+        r = await h.client.post("/transcribe", files={"file": ("fox.wav", (speech_dir / "fox.wav").read_bytes())})
+        assert r.status_code == 200
+        async with asyncio.timeout(10):
+            while store.count("pending") < 1:
+                await asyncio.sleep(0.05)
+        # Another replica holds the store's shadow lock (its own connection, or its own open of
+        # the lock file): this one leaves the sample to it.
+        with store.database.exclusive("shadow", wait=False) as elsewhere:
+            assert elsewhere
+            report = await shadow.run_once()
+        assert (report.stopped, report.scored) == ("elsewhere", 0)
+        assert store.unshadowed(10)
+        report = await shadow.run_once()
+        assert (report.stopped, report.scored) == ("", 1)
+        assert not store.unshadowed(10)
+        assert h.sample("asr_quality_shadow_scored_samples_total", {"language": "en"}) == 1
+
+
 async def test_review_api_auth_and_ids(tmp_path: Path, speech_dir: Path) -> None:
     secret = tmp_path / "secret.txt"
     secret.write_text("do not serve me")

@@ -16,6 +16,7 @@ seconds spent are capped per rolling hour (ASR_SHADOW_BUDGET_SECONDS_PER_HOUR).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import wave
@@ -51,7 +52,9 @@ _HOUR = 3600.0
 class ShadowReport:
     scored: int = 0
     seconds: float = 0.0
-    stopped: str = ""  # why the run ended early: "budget", "preempted", or "" (nothing left)
+    # Why the run ended early: "budget", "preempted", "elsewhere" (another process or replica
+    # is shadow-scoring the same store), or "" (nothing left).
+    stopped: str = ""
 
 
 class ShadowScorer:
@@ -78,7 +81,21 @@ class ShadowScorer:
         return self.settings.shadow.budget_seconds_per_hour - sum(s for _, s in self._spent)
 
     async def run_once(self, limit: int = 50) -> ShadowReport:
-        """Shadow-transcribe up to `limit` samples, newest first, within the hour's budget."""
+        """Shadow-transcribe up to `limit` samples, newest first, within the hour's budget.
+
+        One process at a time per store (the store's database lock): replicas would otherwise all
+        transcribe the same newest samples, each paying for work that is recorded once.
+        """
+        with contextlib.ExitStack() as held:
+            lock = self.store.database.exclusive("shadow", wait=False)
+            if not await asyncio.to_thread(held.enter_context, lock):
+                return ShadowReport(stopped="elsewhere")
+            try:
+                return await self._run(limit)
+            finally:
+                await asyncio.to_thread(held.close)
+
+    async def _run(self, limit: int) -> ShadowReport:
         report = ShadowReport()
         if self._backend is None:
             self._backend = await asyncio.to_thread(self._load)
