@@ -291,19 +291,13 @@ class SampleStore:
 
     def unshadowed(self, limit: int) -> list[SampleRecord]:
         """Samples the shadow engine has not transcribed yet, newest first (fresh drift matters most)."""
-        with self._db() as db:
-            rows = db.execute(
-                "SELECT * FROM samples WHERE shadow_at IS NULL AND status != 'skipped'"
-                " ORDER BY created_at DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [_record(r) for r in rows]
+        return self._records(
+            "WHERE shadow_at IS NULL AND status != 'skipped' ORDER BY created_at DESC LIMIT ?", (limit,)
+        )
 
     def scored(self) -> list[SampleRecord]:
         """Every scored sample still in the store (for estimates with confidence intervals)."""
-        with self._db() as db:
-            rows = db.execute("SELECT * FROM samples WHERE status = 'scored' ORDER BY scored_at").fetchall()
-        return [_record(r) for r in rows]
+        return self._records("WHERE status = 'scored' ORDER BY scored_at")
 
     def record_skip(self, sample_id: str, reason: str) -> None:
         with self._db() as db:
@@ -369,8 +363,12 @@ class SampleStore:
 
     def referenced(self) -> list[SampleRecord]:
         """Samples with a reference that the job has not scored yet, oldest first."""
+        return self._records("WHERE status = 'referenced' ORDER BY referenced_at")
+
+    def _records(self, clauses: str, params: tuple[Any, ...] = ()) -> list[SampleRecord]:
+        """The samples that `clauses` (WHERE / ORDER BY / LIMIT, our own SQL) select."""
         with self._db() as db:
-            rows = db.execute("SELECT * FROM samples WHERE status = 'referenced' ORDER BY referenced_at").fetchall()
+            rows = db.execute(f"SELECT * FROM samples {clauses}", params).fetchall()
         return [_record(r) for r in rows]
 
     def count(self, status: str) -> int:
