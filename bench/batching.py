@@ -28,8 +28,9 @@ from bench import inputs
 from bench.common import RESULTS, markdown_table, write_report
 from bench.hardening import service
 from service.audio import load_file
-from service.backends.faster_whisper import resolve_compute_type, resolve_device
+from service.backends.base import SAMPLE_RATE
 from service.embedded_model import embedded_model_path, is_embedded
+from service.hardware import resolve_compute_type, resolve_device
 from service.quality.scoring import score
 
 WER_PARITY = 0.01  # batched may be at most this much worse than sequential
@@ -50,7 +51,7 @@ def corpus(folder: Path, repeats: int) -> tuple[Path, str]:
 
 def raw_rows(path: str, device: str, audio_path: Path, reference: str) -> list[dict[str, Any]]:
     audio = load_file(audio_path).read()
-    duration = len(audio) / 16_000
+    duration = len(audio) / SAMPLE_RATE
     compute = resolve_compute_type("auto", device)
     rows = []
     for threads in (1, os.cpu_count() or 1) if device == "cpu" else (0,):
@@ -116,7 +117,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=6, help="story repetitions (81 s each)")
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "ctranslate2")
     path = (
         str(embedded_model_path(args.model, Path.home() / ".cache/asr-service"))
         if is_embedded(args.model)

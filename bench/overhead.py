@@ -164,8 +164,7 @@ async def _rates() -> dict[str, dict[str, list[float]]]:
         await ctx.__aenter__()
     try:
         for app in apps.values():
-            while app.state.engine.state == "loading":  # noqa: ASYNC110 - the model loads in a thread
-                await asyncio.sleep(0.01)
+            await app.state.pipeline.loaded()
             await _throughput(app, body)  # warm up: imports, first allocations
         modes = list(apps)
         for i in range(ROUNDS):

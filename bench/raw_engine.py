@@ -18,23 +18,23 @@ from typing import Any
 
 from faster_whisper import WhisperModel
 
-from service.backends import cpu_threads, worker_count
-from service.backends.faster_whisper import resolve_compute_type, resolve_device
 from service.config import Settings
 from service.embedded_model import embedded_model_path, is_embedded
+from service.hardware import cpu_threads, resolve_compute_type, resolve_device, worker_count
 
 
 def engine_options(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     """(WhisperModel arguments, transcribe arguments) exactly as the service resolves them."""
     ms, decode = settings.model, settings.decode
-    device = resolve_device(ms.device)
-    workers = worker_count(settings)
+    device = resolve_device(ms.device, "ctranslate2")
+    gpu = device == "cuda"
+    workers = worker_count(settings, gpu)
     path = str(embedded_model_path(ms.model, ms.cache_dir)) if is_embedded(ms.model) else ms.model
     model_args = {
         "model_size_or_path": path,
         "device": device,
         "compute_type": resolve_compute_type(ms.compute_type, device),
-        "cpu_threads": cpu_threads(settings),
+        "cpu_threads": cpu_threads(settings, gpu),
         "num_workers": workers,
     }
     decode_args = {

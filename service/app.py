@@ -1,8 +1,8 @@
 """create_app(settings) -> FastAPI: the one place where the service's parts are wired.
 
-Nothing heavy happens at import or in create_app: the lifespan starts the scheduler, loads
-the model in the background (so /healthz answers while a large model loads and /readyz
-says when it is done) and starts the quality job.
+Nothing heavy happens at import or in create_app: the lifespan starts the pipeline (its workers,
+and the model's load in the background, so /healthz answers while a large model loads and
+/readyz says when it is done), the job runner and the quality job, and stops them in reverse.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import multiprocess
@@ -29,6 +29,7 @@ from service.errors import ServiceError
 from service.gpu import GpuCollector
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobStore
+from service.lifecycle import Lifecycle
 from service.logs import configure_logging
 from service.metrics import Metrics, worker_pids
 from service.middleware import ObserverMiddleware, request_state
@@ -40,6 +41,8 @@ from service.streaming.hub import StreamHub
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from starlette.requests import HTTPConnection
 
     from service.engine import BackendFactory
     from service.pipeline import Pipeline
@@ -79,22 +82,19 @@ def create_app(
         else None
     )
     job = QualityJob(store, metrics, quality.normalizer) if store else None
-    pipeline = build_pipeline(settings, metrics, backend_factory, store)
+    lifecycle = Lifecycle(settings.server.shutdown_grace_seconds)
+    pipeline = build_pipeline(settings, metrics, backend_factory, store, lifecycle)
     runner = JobRunner(JobStore(settings.jobs.dir, shared), pipeline, settings, metrics)
     shadow = _shadow_scorer(settings, store, pipeline, metrics)
-    engine, scheduler, decoder, lifecycle = pipeline.engine, pipeline.scheduler, pipeline.decoder, pipeline.lifecycle
     if restore_counters is None:
         restore_counters = not metrics.multiprocess
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await scheduler.start()
+        await pipeline.start()
         if drain_on_signals:
             lifecycle.install_signal_handlers()
-        tasks = [
-            asyncio.create_task(asyncio.to_thread(engine.load), name="model-load"),
-            asyncio.create_task(runner.run_forever(), name="jobs"),
-        ]
+        tasks = [asyncio.create_task(runner.run_forever(), name="jobs")]
         if job is not None:
             metrics.quality_enabled.set(1)
             if restore_counters:
@@ -106,14 +106,11 @@ def create_app(
             yield
         finally:
             lifecycle.restore_signal_handlers()
-            for task in tasks[1:]:
+            for task in tasks:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.gather(*tasks[1:], return_exceptions=True)
-            await scheduler.stop()
-            decoder.close()
-            await tasks[0]  # a load under way finishes before the model is released
-            await asyncio.to_thread(engine.close)
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await pipeline.stop()
             if shadow is not None:
                 await asyncio.to_thread(shadow.close)
             if shared is not None:
@@ -128,11 +125,10 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
     )
+    # What the routers' typed dependencies (service.api.deps) hand them; nothing else is shared.
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.pipeline = pipeline
-    app.state.engine = engine
-    app.state.lifecycle = lifecycle
     app.state.store = store
     app.state.quality_job = job
     app.state.shadow = shadow
@@ -179,7 +175,7 @@ def _shadow_scorer(
         return None
     model = settings.model.model_copy(update={"model": shadow.model, "backend": shadow.backend, "model_label": None})
     reference = settings.model_copy(update={"model": model})
-    return ShadowScorer(settings, store, pipeline.scheduler, metrics, lambda: load_backend(reference))
+    return ShadowScorer(settings, store, pipeline, metrics, lambda: load_backend(reference))
 
 
 def _own_pids(metrics: Metrics) -> Any:
@@ -199,7 +195,7 @@ def _error_body(status: int, code: str, message: str, param: str | None = None) 
 
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     def reject(
-        request: Request,
+        conn: HTTPConnection,
         status: int,
         code: str,
         message: str,
@@ -209,12 +205,18 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     ) -> JSONResponse:
         if reason is not None:
             metrics.rejected.labels(reason).inc()
-        request_state(request.scope)["error"] = code
+        request_state(conn.scope)["error"] = code
         return JSONResponse(_error_body(status, code, message, param), status_code=status, headers=headers)
 
     @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return reject(request, exc.status, exc.code, exc.message, exc.reason, exc.headers, exc.param)
+    async def service_error(conn: HTTPConnection, exc: ServiceError) -> JSONResponse | None:
+        if isinstance(conn, WebSocket):
+            # A refusal before the session began (auth, a dependency): an error event and a close.
+            if exc.reason is not None:
+                metrics.rejected.labels(exc.reason).inc()
+            await realtime.refuse(conn, exc.code, exc.message, realtime.close_code_for(exc.status))
+            return None
+        return reject(conn, exc.status, exc.code, exc.message, exc.reason, exc.headers, exc.param)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from service.backends.base import SAMPLE_RATE
+
 if TYPE_CHECKING:
     import numpy.typing as npt
 
 HEALTH_SECONDS = 30.0
-FRAME = 320  # 20 ms at 16 kHz
+FRAME = SAMPLE_RATE // 50  # 20 ms
 CLIP_LEVEL = 0.999
 SILENCE_DBFS = -50.0
 GATE_DB = 40.0  # frames this far below the loudest do not count towards the level
@@ -49,7 +51,7 @@ def _dbfs(energy: float) -> float:
 
 def measure(samples: npt.NDArray[np.float32]) -> AudioHealth | None:
     """Health of 16 kHz mono samples (the first HEALTH_SECONDS are used); None for under one frame."""
-    samples = samples[: int(HEALTH_SECONDS * 16_000)]
+    samples = samples[: int(HEALTH_SECONDS * SAMPLE_RATE)]
     frames = len(samples) // FRAME
     if frames == 0:
         return None

@@ -147,17 +147,14 @@ async def local_pipeline(settings: Settings) -> AsyncIterator[Pipeline]:
     from service.pipeline import build_pipeline
 
     pipeline = build_pipeline(settings, Metrics())
-    await asyncio.to_thread(pipeline.engine.load)
-    if pipeline.engine.state != "ready":
-        print(f"error: {pipeline.engine.error}", file=sys.stderr)
-        raise SystemExit(2)
-    await pipeline.scheduler.start()
+    await pipeline.start()
     try:
+        if await pipeline.loaded() != "ready":
+            print(f"error: {pipeline.load_error(detailed=True)}", file=sys.stderr)
+            raise SystemExit(2)
         yield pipeline
     finally:
-        await pipeline.scheduler.stop()
-        pipeline.decoder.close()
-        pipeline.engine.close()
+        await pipeline.stop()
 
 
 async def transcribe_file(pipeline: Pipeline, path: Path, options: RequestOptions) -> Result:
@@ -185,7 +182,8 @@ def transcribe(args: argparse.Namespace) -> int:
 async def _transcribe_files(settings: Settings, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from service.formats import render_text, service_json
+    from service.api.schemas import Transcription
+    from service.formats import render_text
     from service.languages import normalize_language
     from service.pipeline import RequestOptions
 
@@ -206,7 +204,7 @@ async def _transcribe_files(settings: Settings, args: argparse.Namespace) -> int
                 print(f"error: {path}: {getattr(exc, 'message', exc)}", file=sys.stderr)
                 continue
             if args.format == "json":
-                body = {"file": str(path), **service_json(result, verbose=False)}
+                body = {"file": str(path), **Transcription.build(result, verbose=False).body()}
                 text = json.dumps(body, ensure_ascii=False) + "\n"
             else:
                 text = render_text(result, args.format)

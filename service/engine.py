@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service.backends import load_backend, model_label
-from service.backends.base import Backend, TranscribeOptions
+from service.backends.base import SAMPLE_RATE, Backend, TranscribeOptions
 from service.errors import NotReadyError
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class Engine:
         started = time.perf_counter()
         try:
             backend = self._factory(self.settings)
-            warm = np.random.default_rng(0).normal(0.0, 0.01, 16_000).astype(np.float32)
+            warm = np.random.default_rng(0).normal(0.0, 0.01, SAMPLE_RATE).astype(np.float32)
             backend.transcribe(warm, TranscribeOptions(language=_warmup_language(backend)))
         except Exception as exc:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"

@@ -10,6 +10,16 @@
   observe    hallucination guard, metrics, warnings.
 Callers build a `Work` and differ only in what they fill in; sampling for the quality loop
 happens after the answer has gone out (`keep_sample`).
+
+Callers get verbs, never the parts behind them (engine, scheduler, decode pool, lifecycle):
+  start / stop        the workers and the model load, shared by the app's lifespan and the CLI
+  served / model      what is served (None / NotReadyError while it loads)
+  admit               refuse now, before an upload is read, what admission would refuse later
+  check_options       a client's options against the engine (422), e.g. on a stream's update
+  probe / decode      an upload checked for later (jobs) / decoded once (jobs' windows)
+  transcribe          the one entry
+  keep_sample         offer an answered outcome to the quality sampler
+  draining / on_drain the service's shutdown, for entry points that hold connections
 """
 
 from __future__ import annotations
@@ -18,10 +28,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from service import audio_health
-from service.backends.base import Backend, Cancelled, Segment, TranscribeOptions, Transcript
+from service.backends.base import Backend, Cancelled, Capabilities, Segment, TranscribeOptions, Transcript
 from service.cancellation import CancelToken
 from service.errors import BackendError, BadRequestError, ServiceError, UnsupportedFeatureError, shown
 from service.formats import MIN_RTF_AUDIO_SECONDS, Result
@@ -41,7 +51,7 @@ if TYPE_CHECKING:
     from service.audio import DecodedAudio
     from service.audio_health import AudioHealth
     from service.config import Settings
-    from service.decoding import AudioSource, DecodePool
+    from service.decoding import AudioSource, DecodePool, EncodedAudio
     from service.engine import BackendFactory, Engine
     from service.lifecycle import Lifecycle
     from service.metrics import Metrics
@@ -50,6 +60,7 @@ if TYPE_CHECKING:
     from service.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 DETECTION_SECONDS = 30.0  # Whisper decides the language from one 30 s window
 
 
@@ -89,6 +100,17 @@ class Work:
     admission_wait: float = 0.0
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """What a caller may know of the model being served: names, device and capabilities."""
+
+    backend: str
+    model: str
+    device: str
+    compute_type: str
+    capabilities: Capabilities
+
+
 class Pipeline:
     def __init__(
         self,
@@ -101,26 +123,81 @@ class Pipeline:
         sampler: Sampler,
     ) -> None:
         self.settings = settings
-        self.metrics = metrics
-        self.engine = engine
-        self.scheduler = scheduler
-        self.decoder = decoder
-        self.lifecycle = lifecycle
-        self.sampler = sampler
+        self._metrics = metrics
+        self._engine = engine
+        self._scheduler = scheduler
+        self._decoder = decoder
+        self._lifecycle = lifecycle
+        self._sampler = sampler
+        self._load: asyncio.Task[None] | None = None
+
+    # ---- start and stop -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the workers and load the model in the background: readiness (`served`) says
+        when it is done, and a caller that needs the model can `await loaded()`."""
+        await self._scheduler.start()
+        self._load = asyncio.create_task(asyncio.to_thread(self._engine.load), name="model-load")
+
+    async def loaded(self) -> str:
+        """Wait for the model load that `start` began; returns the engine's state (ready or failed)."""
+        if self._load is not None:
+            await asyncio.shield(self._load)
+        return self._engine.state
+
+    async def stop(self) -> None:
+        """Stop the workers (work still queued is cancelled), then release the model; a load
+        under way finishes first, so its memory is released too."""
+        await self._scheduler.stop()
+        self._decoder.close()
+        if self._load is not None:
+            await self._load
+        await asyncio.to_thread(self._engine.close)
+
+    # ---- what is served -------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """The model's state: loading, ready or failed."""
+        return self._engine.state
+
+    def load_error(self, detailed: bool) -> str | None:
+        """Why the model failed to load: in full (paths, hub errors) for the admin, else only its
+        label and the kind of failure; None when it did not fail."""
+        return self._engine.error if detailed else self._engine.public_error
+
+    def served(self) -> ServedModel | None:
+        """The model being served, or None while it loads (or after it failed to)."""
+        backend = self._engine.backend
+        return None if backend is None else _served(backend)
+
+    def model(self) -> ServedModel:
+        """The model being served; raises NotReadyError (503) while it loads or after a failure."""
+        return _served(self._engine.ready_backend())
 
     # ---- admission and checks ---------------------------------------------------------
 
-    def check_admission(self, room: bool = True) -> None:
-        """Raise now, before an upload is read, what admission would raise after: 503, or 429
-        unless `room` is False (the request will wait for a place instead)."""
-        self.engine.ready_backend()
-        self.lifecycle.check_accepting()
+    def admit(self, room: bool = True) -> None:
+        """Raise now, before an upload is read or a stream opened, what admission would raise
+        after: 503 (not ready, draining), or 429 unless `room` is False (the caller waits for a
+        place instead, or takes none: jobs, streams)."""
+        self._engine.ready_backend()
+        self._lifecycle.check_accepting()
         if room:
-            self.scheduler.check_room()
+            self._scheduler.check_room()
+
+    @property
+    def draining(self) -> bool:
+        """Whether the service has begun to drain for shutdown."""
+        return self._lifecycle.draining
+
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when draining begins (jobs stop taking windows, streams close)."""
+        self._lifecycle.on_drain(callback)
 
     def check_options(self, request: RequestOptions) -> TranscribeOptions:
         """Return engine options for `request`; raises BadRequestError / UnsupportedFeatureError."""
-        backend = self.engine.ready_backend()
+        backend = self._engine.ready_backend()
         caps = backend.capabilities
         if request.language is not None and request.language not in caps.languages:
             known = ", ".join(sorted(caps.languages))
@@ -171,6 +248,18 @@ class Pipeline:
         limits = self.settings.limits
         return limits.request_timeout_seconds + duration * limits.timeout_per_audio_second
 
+    # ---- audio --------------------------------------------------------------------------
+
+    async def probe(self, source: EncodedAudio) -> None:
+        """Check an upload that will be transcribed later (a job): that it is audio, plausible,
+        decodable at its start and not declared too long. Raises the audio errors (400/413/415/422)."""
+        await self._decoder.probe(source)
+
+    async def decode(self, source: AudioSource, token: CancelToken) -> DecodedAudio:
+        """Decode `source` once, for a caller that transcribes it in parts (a job's windows); the
+        caller closes it. Raises the audio errors, or the answer for a cancelled `token`."""
+        return await self._decoder.decode(source, token)
+
     # ---- the one entry ------------------------------------------------------------------
 
     async def transcribe(self, work: Work) -> Outcome:
@@ -179,19 +268,19 @@ class Pipeline:
         Raises a ServiceError subclass for everything a client should hear (4xx/5xx), and
         Preempted for IDLE work that gave its worker away.
         """
-        backend = self.engine.ready_backend()
-        self.lifecycle.check_accepting()
+        backend = self._engine.ready_backend()
+        self._lifecycle.check_accepting()
         options = self.check_options(work.options)
         ticket = None
         if work.priority == Priority.INTERACTIVE:
             waiting = work.admission_wait > 0
-            ticket = await self.scheduler.admit_waiting(work.admission_wait) if waiting else self.scheduler.admit()
+            ticket = await self._scheduler.admit_waiting(work.admission_wait) if waiting else self._scheduler.admit()
         try:
-            with self.lifecycle.track(work.token):
+            with self._lifecycle.track(work.token):
                 admitted = time.perf_counter()
                 if work.mode == "detect_language":
                     return await self._detect(backend, work)
-                audio = await self.decoder.decode(work.source, work.token)
+                audio = await self._decoder.decode(work.source, work.token)
                 try:
                     options = self._for_audio(backend, options, work, audio.duration)
                     transcript, seconds = await self._schedule(backend, audio, options, work)
@@ -228,7 +317,7 @@ class Pipeline:
             return transcript, time.perf_counter() - started
 
         try:
-            return await self.scheduler.run(
+            return await self._scheduler.run(
                 job, token=work.token, priority=work.priority, time_limit=self.timeout_for(audio.duration)
             )
         except (ServiceError, Preempted):  # queue full, timeout, client gone: already the answer
@@ -240,14 +329,14 @@ class Pipeline:
 
     async def _detect(self, backend: Backend, work: Work) -> Outcome:
         """Language detection on the first 30 s: decode them, ask the engine, count nothing as served."""
-        audio = await self.decoder.decode(work.source, work.token, keep_seconds=DETECTION_SECONDS)
+        audio = await self._decoder.decode(work.source, work.token, keep_seconds=DETECTION_SECONDS)
 
         def job(cancel: threading.Event) -> tuple[tuple[str, float], float]:
             started = time.perf_counter()
             return backend.detect_language(audio.read()), time.perf_counter() - started
 
         try:
-            (language, probability), seconds = await self.scheduler.run(
+            (language, probability), seconds = await self._scheduler.run(
                 job, token=work.token, priority=work.priority, time_limit=self.timeout_for(audio.duration)
             )
         except ServiceError:
@@ -259,22 +348,28 @@ class Pipeline:
         transcript = Transcript("", language, probability, audio.duration, [])
         return Outcome(Result(transcript, backend.name, backend.model, seconds), audio, [])
 
+    async def run_idle(self, job: Callable[[threading.Event], T], time_limit: float) -> T:
+        """Run blocking engine work of the service's own (shadow scoring) on a worker at IDLE
+        priority: only when nothing else waits. Raises Preempted when a request takes the worker,
+        and the answer for a cancelled token (504 past `time_limit`)."""
+        return await self._scheduler.run(job, token=CancelToken(), priority=Priority.IDLE, time_limit=time_limit)
+
     async def keep_sample(self, outcome: Outcome, request_id: str | None = None) -> str | None:
         """Offer the outcome to the quality sampler (after the answer has gone out); frees its audio."""
-        return await self.sampler.offer(outcome, request_id)
+        return await self._sampler.offer(outcome, request_id)
 
     # ---- observe ------------------------------------------------------------------------
 
     def _backend_failure(self, exc: Exception) -> BackendError:
         if is_out_of_memory(exc):
-            self.metrics.gpu_oom.inc()
+            self._metrics.gpu_oom.inc()
             log.error("engine ran out of GPU memory: %s", exc)
             return BackendError("the engine ran out of GPU memory; retry later or with shorter audio")
         log.exception("engine failed")
         return BackendError(f"the engine failed: {type(exc).__name__}")
 
     def _observe_input(self, backend: Backend, audio: DecodedAudio, health: AudioHealth | None) -> None:
-        m = self.metrics
+        m = self._metrics
         codec = audio.info.codec if audio.info.codec in INPUT_CODECS else "other"
         rate = str(audio.info.source_rate) if audio.info.source_rate in INPUT_RATES else "other"
         m.input_audio.labels(codec, rate).inc()
@@ -285,7 +380,7 @@ class Pipeline:
             m.input_snr.labels(backend.model).observe(health.snr_db)
 
     def _observe(self, backend: Backend, result: Result, flags: list[str], elapsed: float | None) -> None:
-        m, t = self.metrics, result.transcript
+        m, t = self._metrics, result.transcript
         labels = (backend.name, backend.model, language_label(t.language))
         m.audio_duration.labels(*labels).observe(t.duration)
         m.audio_processed.labels(*labels).inc(t.duration)
@@ -322,14 +417,14 @@ def build_pipeline(
     metrics: Metrics,
     backend_factory: BackendFactory | None = None,
     store: SampleStore | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> Pipeline:
-    """Wire a pipeline from settings: engine, scheduler, decode pool, lifecycle, sampler.
-
-    Start it with `pipeline.scheduler.start()` and `engine.load()` (the app's lifespan does).
-    """
-    from service.backends import decode_workers, worker_count
+    """Wire a pipeline from settings: engine, scheduler, decode pool, sampler, and the service's
+    `lifecycle` (its drain; a fresh one by default). Start it with `await pipeline.start()`."""
+    from service.backends import on_gpu
     from service.decoding import DecodePool
     from service.engine import Engine
+    from service.hardware import decode_workers, worker_count
     from service.lifecycle import Lifecycle
     from service.quality.sampler import Sampler
     from service.scheduler import Scheduler
@@ -338,16 +433,20 @@ def build_pipeline(
         settings,
         metrics,
         Engine(settings, metrics, backend_factory),
-        Scheduler(worker_count(settings), settings.scheduler.queue_size, metrics),
+        Scheduler(worker_count(settings, on_gpu(settings)), settings.scheduler.queue_size, metrics),
         DecodePool(
             decode_workers(settings),
             settings.limits.max_audio_seconds,
             settings.decode.long_audio_window_seconds,
             metrics,
         ),
-        Lifecycle(settings.server.shutdown_grace_seconds),
+        lifecycle or Lifecycle(settings.server.shutdown_grace_seconds),
         Sampler(settings.quality, store, metrics),
     )
+
+
+def _served(backend: Backend) -> ServedModel:
+    return ServedModel(backend.name, backend.model, backend.device, backend.compute_type, backend.capabilities)
 
 
 def _warnings(flags: list[str]) -> list[str]:

@@ -155,11 +155,9 @@ async def running_app(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://asr.test", timeout=120) as client:
             if wait_ready:
-                for _ in range(600):
-                    if app.state.engine.state != "loading":
-                        break
-                    await asyncio.sleep(0.05)
-                assert app.state.engine.state == "ready", app.state.engine.error
+                pipeline = app.state.pipeline
+                async with asyncio.timeout(60):
+                    assert await pipeline.loaded() == "ready", pipeline.load_error(detailed=True)
             yield AppHandle(app, client)
 
 

@@ -5,8 +5,9 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from service.backends import cpu_threads, worker_count
+from service.backends import on_gpu
 from service.config import Settings, configuration_markdown, iter_env_vars
+from service.hardware import cpu_threads, worker_count
 from tests.conftest import ROOT
 
 
@@ -77,4 +78,5 @@ def test_workers_and_threads_share_the_cpu_cores(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = Settings()
-    assert (worker_count(settings), cpu_threads(settings)) == (workers, threads)
+    gpu = on_gpu(settings)
+    assert (worker_count(settings, gpu), cpu_threads(settings, gpu)) == (workers, threads)

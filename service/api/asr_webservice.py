@@ -16,23 +16,25 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
-from service.api.common import FORM_OVERHEAD_BYTES, pipeline_of, read_upload_form, require_bearer, settings_of
-from service.api.uploads import answered, until_disconnected
-from service.cancellation import CancelToken
-from service.decoding import EncodedAudio, RawPcm
-from service.formats import render_text, to_tsv, whisper_json
+from service.api.common import documented
+from service.api.deps import ApiKeyDep, PipelineDep, SettingsDep
+from service.api.schemas import DetectedLanguage, WhisperResult
+from service.api.uploads import read_upload, run_upload
+from service.formats import render_text, to_tsv
 from service.languages import language_name, normalize_language
-from service.middleware import request_state
-from service.pipeline import RequestOptions, Work
+from service.pipeline import RequestOptions
 
 if TYPE_CHECKING:
+    from starlette.background import BackgroundTask
+
+    from service.config import Settings
     from service.outcome import Outcome
+    from service.pipeline import Pipeline
 
 router = APIRouter(tags=["whisper-asr-webservice"])
-PCM_BYTES_PER_SECOND = 32_000  # 16 kHz, 16-bit, mono
 Output = Literal["txt", "vtt", "srt", "tsv", "json"]
 _FILE_FIELD = "audio_file"
 
@@ -44,34 +46,39 @@ class _NoFields(BaseModel):
 
 
 async def _run(
-    request: Request, encode: bool, options: RequestOptions, mode: Literal["transcribe", "detect_language"]
-) -> Outcome:
-    settings = settings_of(request)
-    pipeline = pipeline_of(request)
-    require_bearer(request, settings.server.api_key)
-    wait = settings.scheduler.queue_wait_seconds
-    pipeline.check_admission(room=wait == 0)
-    limit = settings.limits.max_upload_bytes
-    if not encode:
-        # Raw PCM's length is its duration: the audio limit decides (413 audio_too_long), with room
-        # for one more second so that the decoder, not the byte count, says so.
-        limit = int((settings.limits.max_audio_seconds + 1) * PCM_BYTES_PER_SECOND) + FORM_OVERHEAD_BYTES
-        request_state(request.scope)["body_limit"] = limit
-    _, upload, form = await read_upload_form(request, _NoFields, limit, _FILE_FIELD)
-    token = CancelToken()
-    source = EncodedAudio(upload.file) if encode else RawPcm(upload.file)
-    work = Work(options, source, token=token, mode=mode, admission_wait=wait)
-    try:
-        outcome = await until_disconnected(request.receive, token, pipeline.transcribe(work))
-    finally:
-        await form.close()
-    request_state(request.scope)["filename"] = upload.filename or "audio"
-    return outcome
+    request: Request,
+    pipeline: Pipeline,
+    settings: Settings,
+    encode: bool,
+    options: RequestOptions,
+    mode: Literal["transcribe", "detect_language"],
+) -> tuple[Outcome, BackgroundTask, str]:
+    """The upload through the pipeline; returns the outcome, the after-response sampling task and
+    the upload's file name."""
+    upload = await read_upload(
+        request,
+        pipeline,
+        settings,
+        _NoFields,
+        lambda _: options,
+        file_field=_FILE_FIELD,
+        raw_pcm=not encode,
+        mode=mode,
+        admission_wait=settings.scheduler.queue_wait_seconds,
+    )
+    outcome, background = await run_upload(request, pipeline, upload)
+    return outcome, background, upload.filename or "audio"
 
 
-@router.post("/asr", summary="Transcribe (whisper-asr-webservice compatible)")
+_DOCUMENTED = documented(401, 413, 415, 422, 429, 503, 504, 507, ok_text="the transcript in `output`'s format")
+
+
+@router.post("/asr", summary="Transcribe (whisper-asr-webservice compatible)", responses=_DOCUMENTED)
 async def asr(
     request: Request,
+    caller: ApiKeyDep,
+    pipeline: PipelineDep,
+    settings: SettingsDep,
     encode: Annotated[bool, Query(description="false: audio_file is raw 16 kHz mono s16le PCM")] = True,
     task: Literal["transcribe", "translate"] = "transcribe",
     language: Annotated[str | None, Query(max_length=32)] = None,
@@ -89,39 +96,43 @@ async def asr(
         prompt=initial_prompt,
         fine_segments=output != "txt",
     )
-    outcome = await _run(request, encode, options, "transcribe")
+    outcome, background, filename = await _run(request, pipeline, settings, encode, options, "transcribe")
     result = outcome.result
     if output == "json":
-        body = json.dumps(whisper_json(result), ensure_ascii=False)
+        body = json.dumps(WhisperResult.build(result).body(), ensure_ascii=False)
     elif output == "txt":
         body = "".join(s.text.strip() + "\n" for s in result.transcript.segments)
     elif output == "tsv":
         body = to_tsv(result.transcript.segments)
     else:
         body = render_text(result, output)
-    filename = request_state(request.scope)["filename"]
     headers = {
         "Asr-Engine": result.backend.replace("-", "_"),
         "Content-Disposition": f'attachment; filename="{quote(filename)}.{output}"',
     }
-    background = answered(request, pipeline_of(request), outcome)
     return Response(body, media_type="text/plain; charset=utf-8", headers=headers, background=background)
 
 
-@router.post("/detect-language", summary="Detect the language of the first 30 s")
+@router.post(
+    "/detect-language",
+    summary="Detect the language of the first 30 s",
+    responses=documented(401, 413, 415, 422, 429, 503, 504, 507),
+)
 async def detect_language(
     request: Request,
+    caller: ApiKeyDep,
+    pipeline: PipelineDep,
+    settings: SettingsDep,
     encode: Annotated[bool, Query(description="false: audio_file is raw 16 kHz mono s16le PCM")] = True,
-) -> JSONResponse:
+) -> DetectedLanguage:
     """Only the first 30 seconds are decoded and listened to."""
-    outcome = await _run(request, encode, RequestOptions(), "detect_language")
+    # Detection is not a transcription: nothing is sampled (no background task), the audio goes now.
+    outcome, _, _ = await _run(request, pipeline, settings, encode, RequestOptions(), "detect_language")
     result = outcome.result
     outcome.audio.close()
     code = result.transcript.language
-    return JSONResponse(
-        {
-            "detected_language": language_name(code),
-            "language_code": code,
-            "confidence": round(result.transcript.language_probability, 4),
-        }
+    return DetectedLanguage(
+        detected_language=language_name(code),
+        language_code=code,
+        confidence=round(result.transcript.language_probability, 4),
     )

@@ -1,4 +1,4 @@
-"""What the routers share: the service objects on app.state, bearer auth, multipart forms.
+"""What the routers share: multipart forms, rendering a transcription, documented errors.
 
 Upload routes parse their form themselves, after auth and the queue check, so that a
 refused request is refused before its (possibly large) body is read. The body is capped by
@@ -8,32 +8,33 @@ the limit (or at once when Content-Length already says so).
 
 from __future__ import annotations
 
-import hmac
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
+from service.api.schemas import ErrorResponse
 from service.errors import (
     BadRequestError,
     ClientGoneError,
     InsufficientStorageError,
-    UnauthorizedError,
     UploadTooLargeError,
     is_disk_full,
 )
+from service.formats import MEDIA_TYPES, render_text
 from service.middleware import request_state
 
 if TYPE_CHECKING:
-    from fastapi import Request
-    from pydantic import SecretStr
-    from starlette.datastructures import FormData
-    from starlette.requests import HTTPConnection
+    from collections.abc import Callable
 
-    from service.config import Settings
-    from service.engine import Engine
-    from service.pipeline import Pipeline
+    from fastapi import Request
+    from starlette.background import BackgroundTask
+    from starlette.datastructures import FormData
+
+    from service.api.schemas import Answer
+    from service.formats import ResponseFormat, Result
 
 M = TypeVar("M", bound=BaseModel)
 # Room for multipart framing and the small text fields beside the file.
@@ -44,41 +45,47 @@ UPLOAD_ROUTES = frozenset(
 )
 
 
-def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def respond(
+    result: Result, fmt: ResponseFormat, json_body: Callable[[], Answer], background: BackgroundTask | None = None
+) -> Response:
+    """A transcription in the format the client chose: `json_body()` for the JSON formats (each
+    dialect builds its own), the shared text renderers for text, srt and vtt."""
+    if fmt in ("json", "verbose_json"):
+        return JSONResponse(json_body().body(), background=background)
+    return Response(render_text(result, fmt), media_type=MEDIA_TYPES[fmt], background=background)
 
 
-def pipeline_of(request: Request) -> Pipeline:
-    pipeline: Pipeline = request.app.state.pipeline
-    return pipeline
+def documented(*statuses: int, ok: Any = None, ok_text: str | None = None) -> dict[int | str, Any]:
+    """The `responses` of a route for OpenAPI: its success shape and the errors it may answer,
+    each with ErrorResponse's schema."""
+    out: dict[int | str, Any] = {}
+    if ok is not None or ok_text is not None:
+        content = {"text/plain": {"schema": {"type": "string"}}} if ok_text else {}
+        out[200] = {"description": ok_text or "OK", **({"model": ok} if ok is not None else {}), "content": content}
+    for status in statuses:
+        out[status] = {"description": _ERRORS.get(status, "error"), "model": ErrorResponse}
+    return out
 
 
-def engine_of(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
+_ERRORS = {
+    400: "empty upload, or not a form",
+    401: "missing or wrong API key",
+    403: "the admin API is off",
+    404: "no such resource",
+    409: "conflict with the resource's state",
+    413: "upload or audio too large",
+    415: "not audio",
+    422: "invalid parameter, corrupt audio or unsupported feature",
+    429: "queue full (Retry-After)",
+    499: "the client hung up",
+    503: "model not ready, engine failure or shutting down",
+    504: "took longer than the request timeout",
+    507: "temporary disk full",
+}
+UPLOAD_ERRORS = (400, 401, 413, 415, 422, 429, 503, 504, 507)
 
 
-def has_bearer(request: HTTPConnection, expected: SecretStr | None) -> bool:
-    """Whether the request carries `Authorization: Bearer <expected>` (False when none is configured)."""
-    if expected is None:
-        return False
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        token.strip().encode(), expected.get_secret_value().encode()
-    )
-
-
-def require_bearer(request: Request, expected: SecretStr | None) -> None:
-    """Raise UnauthorizedError unless the request carries `Authorization: Bearer <expected>`.
-
-    When `expected` is None no token is required.
-    """
-    if expected is not None and not has_bearer(request, expected):
-        raise UnauthorizedError()
-
-
-async def read_form(request: Request, file_field: str = "file") -> FormData:
+async def read_form(request: Request) -> FormData:
     """The multipart form, read within the body limit; raises ClientGoneError, InsufficientStorageError
     or BadRequestError (a body that is not a form)."""
     try:
@@ -103,7 +110,7 @@ async def read_upload_form(
     ClientGoneError when the client hangs up mid-upload and InsufficientStorageError when the
     disk the upload spools to is full.
     """
-    form = await read_form(request, file_field)
+    form = await read_form(request)
     try:
         files = form.getlist(file_field)
         upload = files[0] if len(files) == 1 else None

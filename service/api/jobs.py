@@ -22,10 +22,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from service.api.common import form_openapi, pipeline_of, read_upload_form, require_bearer, settings_of
+from service.api.common import UPLOAD_ERRORS, documented, form_openapi, respond
+from service.api.deps import ApiKeyDep, JobsDep, PipelineDep, SettingsDep
+from service.api.schemas import JobTranscription
 from service.api.transcribe import TranscribeForm, request_options
+from service.api.uploads import read_upload
 from service.decoding import EncodedAudio
 from service.errors import (
     InsufficientStorageError,
@@ -34,14 +37,14 @@ from service.errors import (
     ServiceError,
     is_disk_full,
 )
-from service.formats import MEDIA_TYPES, render_text, service_json
+from service.formats import ResponseFormat
 from service.jobs.webhook import check_url
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from service.jobs.runner import JobRunner
     from service.jobs.store import JobRecord, JobStore
+    from service.pipeline import RequestOptions
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -57,10 +60,72 @@ class JobNotFinishedError(ServiceError):
     code = "job_not_finished"
 
 
-def _runner(request: Request) -> JobRunner:
-    require_bearer(request, settings_of(request).server.api_key)
-    runner: JobRunner = request.app.state.jobs
-    return runner
+class JobProgress(BaseModel):
+    audio_seconds_done: float
+    audio_seconds_total: float | None = Field(description="Known once the job's audio is decoded.")
+    ratio: float
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class WebhookView(BaseModel):
+    state: str | None = Field(description="pending, delivered or failed.")
+    attempts: int
+    error: str | None = Field(description="The last failed delivery's reason.")
+
+
+class JobView(BaseModel):
+    """What a client sees of a job."""
+
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    filename: str | None
+    language: str | None
+    progress: JobProgress
+    eta_seconds: float | None
+    error: JobError | None
+    webhook: WebhookView | None
+    status_url: str
+    result_url: str
+
+    @classmethod
+    def of(cls, job: JobRecord) -> JobView:
+        total = job.duration
+        eta = None
+        if job.status == "running" and total and job.audio_done and job.started_at:
+            pace = job.audio_done / max(time.time() - job.started_at, 1e-6)
+            eta = round((total - job.audio_done) / pace, 1)
+        return cls(
+            id=job.id,
+            status=job.status,  # the store holds only these
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            filename=job.filename,
+            language=job.language,
+            progress=JobProgress(
+                audio_seconds_done=round(job.audio_done, 3),
+                audio_seconds_total=round(total, 3) if total is not None else None,
+                ratio=round(job.audio_done / total, 4) if total else 0.0,
+            ),
+            eta_seconds=eta,
+            error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+            webhook=WebhookView(state=job.webhook_state, attempts=job.webhook_attempts, error=job.webhook_error)
+            if job.webhook_url
+            else None,
+            status_url=f"/v1/jobs/{job.id}",
+            result_url=f"/v1/jobs/{job.id}/result",
+        )
+
+
+class JobList(BaseModel):
+    items: list[JobView] = Field(description="Recent jobs, newest first.")
 
 
 def _job(store: JobStore, job_id: str) -> JobRecord:
@@ -70,59 +135,43 @@ def _job(store: JobStore, job_id: str) -> JobRecord:
     return job
 
 
-def job_view(job: JobRecord) -> dict[str, Any]:
-    """What a client sees of a job."""
-    total = job.duration
-    eta = None
-    if job.status == "running" and total and job.audio_done and job.started_at:
-        pace = job.audio_done / max(time.time() - job.started_at, 1e-6)
-        eta = round((total - job.audio_done) / pace, 1)
-    return {
-        "id": job.id,
-        "status": job.status,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "filename": job.filename,
-        "language": job.language,
-        "progress": {
-            "audio_seconds_done": round(job.audio_done, 3),
-            "audio_seconds_total": round(total, 3) if total is not None else None,
-            "ratio": round(job.audio_done / total, 4) if total else 0.0,
-        },
-        "eta_seconds": eta,
-        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
-        "webhook": {"state": job.webhook_state, "attempts": job.webhook_attempts, "error": job.webhook_error}
-        if job.webhook_url
-        else None,
-        "status_url": f"/v1/jobs/{job.id}",
-        "result_url": f"/v1/jobs/{job.id}/result",
-    }
+def _job_options(form: JobForm) -> RequestOptions:
+    # Jobs are fetched later in any format: keep subtitle-sized segments.
+    return request_options(form, fine_segments=True)
 
 
-@router.post("", status_code=202, openapi_extra=form_openapi(JobForm))
-async def submit(request: Request) -> JSONResponse:
+@router.post(
+    "",
+    status_code=202,
+    openapi_extra=form_openapi(JobForm),
+    response_model=None,
+    responses={202: {"model": JobView, "description": "accepted"}, **documented(*UPLOAD_ERRORS)},
+)
+async def submit(
+    request: Request, caller: ApiKeyDep, pipeline: PipelineDep, settings: SettingsDep, runner: JobsDep
+) -> JSONResponse:
     """Queue a transcription of an upload; 202 with the job's id and where to follow it."""
-    runner = _runner(request)
-    settings = settings_of(request)
-    pipeline = pipeline_of(request)
-    pipeline.engine.ready_backend()
-    pipeline.lifecycle.check_accepting()
+    pipeline.admit(room=False)
     if await asyncio.to_thread(runner.store.count_active) >= settings.jobs.max_queued:
         raise QueueFullError(60)
-    fields, upload, form = await read_upload_form(request, JobForm, settings.limits.max_upload_bytes)
+    upload = await read_upload(request, pipeline, settings, JobForm, _job_options, takes_place=False)
     try:
-        # Jobs are fetched later in any format: keep subtitle-sized segments.
-        options = request_options(fields, fine_segments=True)
-        pipeline.check_options(options)
+        pipeline.check_options(upload.work.options)
+        fields = upload.fields
         webhook = check_url(fields.webhook_url, settings.webhook) if fields.webhook_url else None
-        await pipeline.decoder.probe(EncodedAudio(upload.file))
-        spooled = await asyncio.to_thread(_spool, upload.file, runner.store.root)
-        job = await asyncio.to_thread(runner.store.create, spooled, asdict(options), upload.filename, webhook)
+        source = upload.work.source
+        assert isinstance(source, EncodedAudio)
+        await pipeline.probe(source)
+        spooled = await asyncio.to_thread(_spool, source.file, runner.store.root)
+        job = await asyncio.to_thread(
+            runner.store.create, spooled, asdict(upload.work.options), upload.filename, webhook
+        )
     finally:
-        await form.close()
+        await upload.close()
     runner.wake()
-    return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+    return JSONResponse(
+        JobView.of(job).model_dump(mode="json"), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"}
+    )
 
 
 def _spool(source: Any, root: Path) -> Path:
@@ -139,39 +188,37 @@ def _spool(source: Any, root: Path) -> Path:
     return target
 
 
-@router.get("")
-async def list_jobs(request: Request) -> dict[str, Any]:
-    runner = _runner(request)
-    return {"items": [job_view(j) for j in await asyncio.to_thread(runner.store.recent)]}
+@router.get("", responses=documented(401))
+async def list_jobs(caller: ApiKeyDep, runner: JobsDep) -> JobList:
+    return JobList(items=[JobView.of(j) for j in await asyncio.to_thread(runner.store.recent)])
 
 
-@router.get("/{job_id}")
-async def status(request: Request, job_id: str) -> dict[str, Any]:
-    runner = _runner(request)
-    return job_view(await asyncio.to_thread(_job, runner.store, job_id))
+@router.get("/{job_id}", responses=documented(401, 404))
+async def status(caller: ApiKeyDep, runner: JobsDep, job_id: str) -> JobView:
+    return JobView.of(await asyncio.to_thread(_job, runner.store, job_id))
 
 
-@router.get("/{job_id}/result")
-async def result(
-    request: Request, job_id: str, response_format: Literal["json", "verbose_json", "text", "srt", "vtt"] = "json"
-) -> Response:
-    runner = _runner(request)
+@router.get(
+    "/{job_id}/result",
+    response_model=None,
+    responses=documented(401, 404, 409, ok=JobTranscription),
+)
+async def result(caller: ApiKeyDep, runner: JobsDep, job_id: str, response_format: ResponseFormat = "json") -> Response:
+    """The finished job's transcript in any format (409 until it has succeeded)."""
     job = await asyncio.to_thread(_job, runner.store, job_id)
     if job.status != "succeeded":
         raise JobNotFinishedError(f"job {job.id} is {job.status}; its result exists once it has succeeded")
     transcribed = await asyncio.to_thread(runner.result, job)
-    if response_format in ("json", "verbose_json"):
-        body = {"id": job.id, **service_json(transcribed, verbose=response_format == "verbose_json")}
-        return JSONResponse(body)
-    return Response(render_text(transcribed, response_format), media_type=MEDIA_TYPES[response_format])
+    verbose = response_format == "verbose_json"
+    return respond(transcribed, response_format, lambda: JobTranscription.of_job(job.id, transcribed, verbose))
 
 
-@router.delete("/{job_id}", response_model=None)
-async def cancel(request: Request, job_id: str) -> Response:
+@router.delete("/{job_id}", response_model=None, responses={204: {"description": "deleted"}, **documented(401, 404)})
+async def cancel(caller: ApiKeyDep, runner: JobsDep, job_id: str) -> Response:
     """Cancel a queued or running job (200, its status); delete a finished one (204)."""
-    runner = _runner(request)
     job = await asyncio.to_thread(_job, runner.store, job_id)
     if await asyncio.to_thread(runner.cancel, job.id):
-        return JSONResponse(job_view(_job(runner.store, job.id)))
+        view = JobView.of(await asyncio.to_thread(_job, runner.store, job.id))
+        return JSONResponse(view.model_dump(mode="json"))
     await asyncio.to_thread(runner.store.delete, job.id)
     return Response(status_code=204)

@@ -7,20 +7,32 @@ import time
 from typing import TYPE_CHECKING, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.api import sse
-from service.api.common import engine_of, form_openapi, pipeline_of
-from service.api.uploads import read_work, run_work
+from service.api.common import UPLOAD_ERRORS, documented, form_openapi, respond
+from service.api.deps import ApiKeyDep, MetricsDep, PipelineDep, SettingsDep
+from service.api.schemas import (
+    ModelCard,
+    ModelList,
+    OpenAITranscription,
+    OpenAIVerboseTranscription,
+    Usage,
+    openai_answer,
+)
+from service.api.uploads import read_upload, run_upload
 from service.errors import ServiceError, shown
-from service.formats import MEDIA_TYPES, openai_json, render_text, usage
+from service.formats import FINE_FORMATS, ResponseFormat
 from service.languages import normalize_language
 from service.pipeline import RequestOptions
 
 if TYPE_CHECKING:
     from service.backends.base import Segment
+    from service.config import Settings
+    from service.metrics import Metrics
     from service.outcome import Outcome
+    from service.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
@@ -36,7 +48,7 @@ class TranslationForm(BaseModel):
         ..., max_length=256, description="Any name: the served model answers (see /v1/models), as for `whisper-1`."
     )
     prompt: str | None = Field(None, max_length=2000)
-    response_format: Literal["json", "verbose_json", "text", "srt", "vtt"] = "json"
+    response_format: ResponseFormat = "json"
     temperature: float = Field(0.0, ge=0.0, le=1.0)
     stream: bool = Field(False, description="Server-sent events: a delta per decoded segment, then the whole text.")
 
@@ -52,8 +64,8 @@ class TranscriptionForm(TranslationForm):
         return [value] if isinstance(value, str) else value
 
 
-def _check_model(request: Request, form: TranslationForm) -> None:
-    served = engine_of(request).ready_backend().model
+def _check_model(request: Request, pipeline: Pipeline, form: TranslationForm) -> None:
+    served = pipeline.model().model
     if form.model not in (served, OPENAI_DEFAULT_MODEL):
         # OpenAI-compatible servers answer any model name with the model they serve (clients
         # hard-code names such as gpt-4o-transcribe); say so once per name, not per request.
@@ -63,9 +75,16 @@ def _check_model(request: Request, form: TranslationForm) -> None:
             log.info("model %s requested: served by %s", shown(form.model), served)
 
 
-async def _respond(request: Request, form_model: type[TranslationForm], task: str) -> Response:
+async def _respond(
+    request: Request,
+    pipeline: Pipeline,
+    settings: Settings,
+    metrics: Metrics,
+    form_model: type[TranslationForm],
+    task: Literal["transcribe", "translate"],
+) -> Response:
     def options(form: TranslationForm) -> RequestOptions:
-        _check_model(request, form)
+        _check_model(request, pipeline, form)
         words = isinstance(form, TranscriptionForm) and "word" in form.timestamp_granularities
         language = form.language if isinstance(form, TranscriptionForm) else None
         return RequestOptions(
@@ -74,20 +93,18 @@ async def _respond(request: Request, form_model: type[TranslationForm], task: st
             word_timestamps=words,
             prompt=form.prompt,
             temperature=form.temperature,
-            fine_segments=form.response_format in ("srt", "vtt", "verbose_json"),
+            fine_segments=form.response_format in FINE_FORMATS,
         )
 
-    pipeline = pipeline_of(request)
-    form, work, multipart = await read_work(request, form_model, options)
+    upload = await read_upload(request, pipeline, settings, form_model, options)
+    form = upload.fields
     if form.stream:
-        return await sse.stream(request, pipeline, work, multipart, _delta, _done, _error)
-    outcome, background = await run_work(request, work, multipart)
-    fmt = form.response_format
-    if fmt in ("json", "verbose_json"):
-        words = isinstance(form, TranscriptionForm) and "word" in form.timestamp_granularities
-        body = openai_json(outcome.result, task, verbose=fmt == "verbose_json", words=words)
-        return JSONResponse(body, background=background)
-    return Response(render_text(outcome.result, fmt), media_type=MEDIA_TYPES[fmt], background=background)
+        return await sse.stream(request, pipeline, metrics, upload, _delta, _done, _error)
+    outcome, background = await run_upload(request, pipeline, upload)
+    result = outcome.result
+    words = isinstance(form, TranscriptionForm) and "word" in form.timestamp_granularities
+    verbose = form.response_format == "verbose_json"
+    return respond(result, form.response_format, lambda: openai_answer(result, task, verbose, words), background)
 
 
 def _delta(segment: Segment, index: int) -> str:
@@ -98,7 +115,8 @@ def _delta(segment: Segment, index: int) -> str:
 
 def _done(outcome: Outcome) -> str:
     result = outcome.result
-    return sse.event({"type": "transcript.text.done", "text": result.transcript.text, "usage": usage(result)})
+    usage = Usage.of(result).body()
+    return sse.event({"type": "transcript.text.done", "text": result.transcript.text, "usage": usage})
 
 
 def _error(exc: ServiceError) -> str:
@@ -106,25 +124,38 @@ def _error(exc: ServiceError) -> str:
     return sse.event({"error": {"code": exc.code, "message": exc.message, "type": "server_error", "param": None}})
 
 
-@router.post("/audio/transcriptions", openapi_extra=form_openapi(TranscriptionForm, ("file", "model")))
-async def transcriptions(request: Request) -> Response:
+_OK = OpenAITranscription | OpenAIVerboseTranscription
+
+
+@router.post(
+    "/audio/transcriptions",
+    openapi_extra=form_openapi(TranscriptionForm, ("file", "model")),
+    response_model=None,
+    responses=documented(*UPLOAD_ERRORS, ok=_OK),
+)
+async def transcriptions(
+    request: Request, caller: ApiKeyDep, pipeline: PipelineDep, settings: SettingsDep, metrics: MetricsDep
+) -> Response:
     """OpenAI's audio transcription endpoint."""
-    return await _respond(request, TranscriptionForm, "transcribe")
+    return await _respond(request, pipeline, settings, metrics, TranscriptionForm, "transcribe")
 
 
-@router.post("/audio/translations", openapi_extra=form_openapi(TranslationForm, ("file", "model")))
-async def translations(request: Request) -> Response:
+@router.post(
+    "/audio/translations",
+    openapi_extra=form_openapi(TranslationForm, ("file", "model")),
+    response_model=None,
+    responses=documented(*UPLOAD_ERRORS, ok=_OK),
+)
+async def translations(
+    request: Request, caller: ApiKeyDep, pipeline: PipelineDep, settings: SettingsDep, metrics: MetricsDep
+) -> Response:
     """OpenAI's audio translation endpoint (speech in any language to English text)."""
-    return await _respond(request, TranslationForm, "translate")
+    return await _respond(request, pipeline, settings, metrics, TranslationForm, "translate")
 
 
-@router.get("/models")
-async def models(request: Request) -> JSONResponse:
+@router.get("/models", responses=documented(401))
+async def models(caller: ApiKeyDep, pipeline: PipelineDep) -> ModelList:
     """The served model, in OpenAI's list shape (empty while the model loads)."""
-    backend = engine_of(request).backend
-    data = (
-        []
-        if backend is None
-        else [{"id": backend.model, "object": "model", "created": _STARTED, "owned_by": backend.name}]
-    )
-    return JSONResponse({"object": "list", "data": data})
+    served = pipeline.served()
+    data = [] if served is None else [ModelCard(id=served.model, created=_STARTED, owned_by=served.backend)]
+    return ModelList(data=data)

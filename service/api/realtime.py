@@ -2,7 +2,8 @@
 
 The official client works unchanged: `client.realtime.connect(extra_query={"intent":
 "transcription"})`. The protocol is service.streaming.session's; this route adds what belongs
-to the connection: auth (the same bearer ASR_API_KEY), the stream limit (ASR_MAX_STREAMS: one
+to the connection: auth (the same bearer ASR_API_KEY, a dependency as on every route; its
+refusal is an `error` event and close 1008, sent by the app's error handler), the stream limit (ASR_MAX_STREAMS: one
 more gets an `error` event and close code 1013, "try again later"), the idle timeout, the longest
 session, and draining (finished turns get the grace period, then close code 1012).
 Refusals are an `error` event followed by a close, so the client learns why.
@@ -17,14 +18,15 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketState
 
-from service.api.common import has_bearer
+from service.api.deps import ApiKeyDep, MetricsDep, PipelineDep, SettingsDep, StreamsDep
+from service.errors import ServiceError
 from service.streaming.hub import StreamLimitError
 from service.streaming.session import RealtimeSession
 
 if TYPE_CHECKING:
     from service.config import Settings
-    from service.pipeline import Pipeline
     from service.streaming.hub import StreamHub
 
 router = APIRouter()
@@ -33,11 +35,49 @@ SERVICE_RESTART = 1012
 POLICY_VIOLATION = 1008
 
 
+def close_code_for(status: int) -> int:
+    """The close code of a refusal with HTTP `status`: retry later for 503/429, else policy."""
+    return TRY_AGAIN_LATER if status in (429, 503) else POLICY_VIOLATION
+
+
+def error_event(code: str, message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
+    """A Realtime `error` event that is not an answer to a client event (refusals, limits)."""
+    error = {"type": kind, "code": code, "message": message, "param": None, "event_id": None}
+    return {"event_id": f"event_{uuid.uuid4().hex[:24]}", "type": "error", "error": error}
+
+
+async def refuse(websocket: WebSocket, code: str, message: str, close_code: int) -> None:
+    """Tell the client why in an `error` event, then close: accepted first if need be, since a
+    refused handshake tells a client nothing it can show."""
+    if websocket.client_state == WebSocketState.CONNECTING:
+        await websocket.accept()
+    kind = "server_error" if close_code in (TRY_AGAIN_LATER, SERVICE_RESTART) else "invalid_request_error"
+    await websocket.send_text(json.dumps(error_event(code, message, kind), ensure_ascii=False))
+    await websocket.close(close_code, message[:120])
+
+
 @router.websocket("/v1/realtime")
-async def realtime(websocket: WebSocket) -> None:
-    settings: Settings = websocket.app.state.settings
-    pipeline: Pipeline = websocket.app.state.pipeline
-    hub: StreamHub = websocket.app.state.streams
+async def realtime(
+    websocket: WebSocket,
+    caller: ApiKeyDep,
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    hub: StreamsDep,
+    metrics: MetricsDep,
+) -> None:
+    if websocket.query_params.get("intent") != "transcription":
+        only = "only transcription sessions are served: connect with ?intent=transcription"
+        metrics.rejected.labels("bad_request").inc()
+        await refuse(websocket, "unsupported_session", only, POLICY_VIOLATION)
+        return
+    try:
+        pipeline.admit(room=False)
+    except ServiceError as exc:
+        metrics.rejected.labels(exc.reason).inc()
+        await refuse(
+            websocket, exc.code, exc.message, SERVICE_RESTART if exc.code == "shutting_down" else TRY_AGAIN_LATER
+        )
+        return
     await websocket.accept()
     lock = asyncio.Lock()
 
@@ -45,27 +85,7 @@ async def realtime(websocket: WebSocket) -> None:
         async with lock:
             await websocket.send_text(json.dumps(event, ensure_ascii=False))
 
-    async def refuse(code: str, message: str, close_code: int, reason: str | None = None) -> None:
-        if reason is not None:
-            pipeline.metrics.rejected.labels(reason).inc()
-        error = {"type": "invalid_request_error", "code": code, "message": message, "param": None, "event_id": None}
-        await send({"event_id": f"event_{uuid.uuid4().hex[:24]}", "type": "error", "error": error})
-        await websocket.close(close_code, message[:120])
-
-    if settings.server.api_key is not None and not has_bearer(websocket, settings.server.api_key):
-        await refuse("unauthorized", "missing or invalid bearer token", POLICY_VIOLATION, "unauthorized")
-        return
-    if websocket.query_params.get("intent") != "transcription":
-        only = "only transcription sessions are served: connect with ?intent=transcription"
-        await refuse("unsupported_session", only, POLICY_VIOLATION, "bad_request")
-        return
-    if pipeline.engine.backend is None:
-        await refuse("not_ready", "the model is not ready", TRY_AGAIN_LATER, "not_ready")
-        return
-    if pipeline.lifecycle.draining:
-        await refuse("shutting_down", "the service is shutting down", SERVICE_RESTART, "shutting_down")
-        return
-    session = RealtimeSession(pipeline, settings.streams, send)
+    session = RealtimeSession(pipeline, settings.streams, send, metrics)
     try:
         with hub.open(session):
             try:
@@ -75,8 +95,9 @@ async def realtime(websocket: WebSocket) -> None:
                 await session.close()
     except StreamLimitError:
         await session.close()
+        metrics.rejected.labels("stream_limit").inc()
         limit = f"all {hub.max_streams} live streams are taken; retry later"
-        await refuse("too_many_streams", limit, TRY_AGAIN_LATER, "stream_limit")
+        await refuse(websocket, "too_many_streams", limit, TRY_AGAIN_LATER)
 
 
 async def _serve(websocket: WebSocket, session: RealtimeSession, settings: Settings, hub: StreamHub) -> None:

@@ -23,11 +23,11 @@ from service.errors import ServiceError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-    from starlette.datastructures import FormData
-
+    from service.api.uploads import Upload
     from service.backends.base import Segment
+    from service.metrics import Metrics
     from service.outcome import Outcome
-    from service.pipeline import Pipeline, Work
+    from service.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 _DONE = object()
@@ -42,14 +42,15 @@ def event(data: dict[str, Any], name: str | None = None) -> str:
 async def stream(
     request: Any,
     pipeline: Pipeline,
-    work: Work,
-    form: FormData,
+    metrics: Metrics,
+    upload: Upload[Any],
     on_segment: Callable[[Segment, int], str],
     on_done: Callable[[Outcome], str],
     on_error: Callable[[ServiceError], str],
 ) -> StreamingResponse:
-    """Run `work` and answer with its segments as events (`on_segment(segment, index)`), then
-    `on_done(outcome)`. Raises the ServiceError of work that fails before its first segment."""
+    """Run the upload's work and answer with its segments as events (`on_segment(segment, index)`),
+    then `on_done(outcome)`. Raises the ServiceError of work that fails before its first segment."""
+    work = upload.work
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -62,11 +63,11 @@ async def stream(
     try:
         first = await until_disconnected(request.receive, work.token, queue.get())
     except BaseException:
-        await _abandon(task, work, form)
+        await _abandon(task, upload)
         raise
     finished: dict[str, Outcome] = {}
     if first is _DONE:  # done before any segment was passed on (no speech, or an engine that cannot stream)
-        await form.close()
+        await upload.close()
         finished["outcome"] = task.result()  # raises the error that ended it
 
     async def events() -> AsyncIterator[str]:
@@ -89,8 +90,8 @@ async def stream(
             yield on_error(exc)
         finally:
             if not completed:  # the client went away mid-stream
-                pipeline.metrics.rejected.labels("client_disconnected").inc()
-            await _abandon(task, work, form)
+                metrics.rejected.labels("client_disconnected").inc()
+            await _abandon(task, upload)
 
     async def sample() -> None:
         # Sampled like any request, once the last event is out.
@@ -103,12 +104,12 @@ async def stream(
     )
 
 
-async def _abandon(task: asyncio.Future[Outcome], work: Work, form: FormData) -> None:
+async def _abandon(task: asyncio.Future[Outcome], upload: Upload[Any]) -> None:
     """Stop work nobody waits for, and free what it holds."""
     if not task.done():
-        work.token.cancel(CLIENT_DISCONNECTED)
+        upload.work.token.cancel(CLIENT_DISCONNECTED)
         task.add_done_callback(_discard)
-    await form.close()
+    await upload.close()
 
 
 def _discard(task: asyncio.Future[Outcome]) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api import sse
-from service.api.common import form_openapi, pipeline_of
-from service.api.uploads import read_work, run_work
-from service.formats import MEDIA_TYPES, render_text, segment_json, service_json
+from service.api.common import UPLOAD_ERRORS, documented, form_openapi, respond
+from service.api.deps import ApiKeyDep, MetricsDep, PipelineDep, SettingsDep
+from service.api.schemas import Transcription, segment_out
+from service.api.uploads import read_upload, run_upload
+from service.formats import FINE_FORMATS, ResponseFormat
 from service.languages import normalize_language
 from service.pipeline import RequestOptions
 
@@ -34,7 +36,7 @@ class TranscribeForm(BaseModel):
     vad_filter: bool | None = Field(
         None, description="Drop silence with Silero VAD first (default: ASR_VAD_FILTER_DEFAULT)."
     )
-    response_format: Literal["json", "verbose_json", "text", "srt", "vtt"] = "json"
+    response_format: ResponseFormat = "json"
     prompt: str | None = Field(None, max_length=2000, description="Text that the audio continues (names, spelling).")
     rich_output: bool = Field(False, description="SenseVoice only: also return the raw tagged text.")
     stream: bool = Field(
@@ -43,7 +45,7 @@ class TranscribeForm(BaseModel):
 
 
 def _segment_event(segment: Segment, index: int) -> str:
-    return sse.event(segment_json(segment, verbose=False), "segment")
+    return sse.event(segment_out(segment, verbose=False).body(), "segment")
 
 
 def _error_event(exc: ServiceError) -> str:
@@ -53,7 +55,7 @@ def _error_event(exc: ServiceError) -> str:
 def request_options(form: TranscribeForm, fine_segments: bool | None = None) -> RequestOptions:
     """The pipeline's options for a /transcribe-style form (also used by jobs)."""
     if fine_segments is None:
-        fine_segments = form.response_format in ("srt", "vtt", "verbose_json")
+        fine_segments = form.response_format in FINE_FORMATS
     return RequestOptions(
         language=normalize_language(form.language),
         task=form.task,
@@ -69,31 +71,24 @@ def request_options(form: TranscribeForm, fine_segments: bool | None = None) -> 
     "/transcribe",
     openapi_extra=form_openapi(TranscribeForm),
     summary="Transcribe an audio file",
-    responses={
-        400: {"description": "empty upload"},
-        401: {"description": "missing or wrong API key"},
-        413: {"description": "upload or audio too large"},
-        415: {"description": "not audio"},
-        422: {"description": "invalid parameter, corrupt audio or unsupported feature"},
-        429: {"description": "queue full (Retry-After)"},
-        503: {"description": "model not ready or engine failure"},
-        504: {"description": "took longer than the request timeout"},
-    },
+    response_model=None,
+    responses=documented(*UPLOAD_ERRORS, ok=Transcription),
 )
-async def transcribe(request: Request) -> Response:
-    pipeline = pipeline_of(request)
-    form, work, multipart = await read_work(request, TranscribeForm, request_options)
+async def transcribe(
+    request: Request, caller: ApiKeyDep, pipeline: PipelineDep, settings: SettingsDep, metrics: MetricsDep
+) -> Response:
+    """Transcribe `file`: JSON with the text, segments, timings and warnings, or text, srt or vtt."""
+    upload = await read_upload(request, pipeline, settings, TranscribeForm, request_options)
+    form = upload.fields
+    verbose = form.response_format == "verbose_json"
     if form.stream:
 
         def done(outcome: Outcome) -> str:
-            return sse.event(service_json(outcome.result, verbose=form.response_format == "verbose_json"), "done")
+            return sse.event(Transcription.build(outcome.result, verbose).body(), "done")
 
-        return await sse.stream(request, pipeline, work, multipart, _segment_event, done, _error_event)
-    outcome, background = await run_work(request, work, multipart)
-    fmt = form.response_format
-    if fmt in ("json", "verbose_json"):
-        body = service_json(outcome.result, verbose=fmt == "verbose_json")
-        if form.rich_output:
-            body["raw_text"] = outcome.result.transcript.raw_text
-        return JSONResponse(body, background=background)
-    return Response(render_text(outcome.result, fmt), media_type=MEDIA_TYPES[fmt], background=background)
+        return await sse.stream(request, pipeline, metrics, upload, _segment_event, done, _error_event)
+    outcome, background = await run_upload(request, pipeline, upload)
+    result = outcome.result
+    return respond(
+        result, form.response_format, lambda: Transcription.build(result, verbose, form.rich_output), background
+    )

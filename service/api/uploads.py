@@ -1,23 +1,29 @@
-"""The request flow every upload route shares, from auth to the background sampler.
+"""The one request flow of every upload route, from admission to the background sampler.
 
-auth (401) -> admission checked before the body is read (503/429) -> the form, within the
-body limit (413/499/507) -> the pipeline: checks, decode, worker (422/413/415/429/504/503)
--> result; the quality sampler runs after the response is sent. While the pipeline works,
-the connection is watched: a client that hangs up cancels its work (queued work is dropped at
-once, running work stops at its next segment) and is recorded as 499.
+(auth: the route's ApiKeyDep, 401) -> admission checked before the body is read (503/429) ->
+the form, within the body limit (413/499/507/422) -> the pipeline: checks, decode, worker
+(422/413/415/429/504/503) -> result; the quality sampler runs after the response is sent. While
+the pipeline works, the connection is watched: a client that hangs up cancels its work (queued
+work is dropped at once, running work stops at its next segment) and is recorded as 499.
+
+Routes differ only in what they pass: their form's model, how its fields become options, the
+file field's name, raw PCM instead of a container (whisper-asr-webservice's encode=false), a
+language-detection run, waiting for a place instead of a 429, or no place at all (jobs, which
+only check the upload now and transcribe it later).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from service.api.common import pipeline_of, read_upload_form, require_bearer, settings_of
+from service.api.common import FORM_OVERHEAD_BYTES, read_upload_form
 from service.cancellation import CLIENT_DISCONNECTED, CancelToken
-from service.decoding import EncodedAudio
+from service.decoding import EncodedAudio, RawPcm
 from service.middleware import request_state
 from service.pipeline import Work
 
@@ -28,48 +34,68 @@ if TYPE_CHECKING:
     from starlette.datastructures import FormData
     from starlette.types import Receive
 
+    from service.config import Settings
     from service.outcome import Outcome
     from service.pipeline import Pipeline, RequestOptions
 
 F = TypeVar("F", bound=BaseModel)
 T = TypeVar("T")
+PCM_BYTES_PER_SECOND = 32_000  # raw PCM: 16 kHz, 16-bit, mono
 
 
-async def read_work(
-    request: Request, form_model: type[F], build_options: Callable[[F], RequestOptions], file_field: str = "file"
-) -> tuple[F, Work, FormData]:
-    """Auth, admission and the upload's form, turned into the pipeline's Work; the caller runs it
-    and closes the form."""
-    settings = settings_of(request)
-    pipeline = pipeline_of(request)
-    require_bearer(request, settings.server.api_key)
-    pipeline.check_admission()
-    fields, upload, form = await read_upload_form(request, form_model, settings.limits.max_upload_bytes, file_field)
+@dataclass
+class Upload(Generic[F]):
+    """An upload read and turned into the pipeline's Work; `close()` frees its spooled form."""
+
+    fields: F
+    work: Work
+    form: FormData
+    filename: str | None
+
+    async def close(self) -> None:
+        await self.form.close()
+
+
+async def read_upload(
+    request: Request,
+    pipeline: Pipeline,
+    settings: Settings,
+    form_model: type[F],
+    build_options: Callable[[F], RequestOptions],
+    *,
+    file_field: str = "file",
+    raw_pcm: bool = False,
+    mode: Literal["transcribe", "detect_language"] = "transcribe",
+    admission_wait: float = 0.0,
+    takes_place: bool = True,
+) -> Upload[F]:
+    """Admission, then the upload's form, turned into Work; the caller runs it (`run_upload`) and
+    the Upload is closed by it. `admission_wait`: seconds to wait for a place instead of a 429;
+    `takes_place=False`: the upload is only checked now (jobs), so no place is needed."""
+    pipeline.admit(room=takes_place and admission_wait == 0)
+    limit = settings.limits.max_upload_bytes
+    if raw_pcm:
+        # Raw PCM's length is its duration: the audio limit decides (413 audio_too_long), with room
+        # for one more second so that the decoder, not the byte count, says so.
+        limit = int((settings.limits.max_audio_seconds + 1) * PCM_BYTES_PER_SECOND) + FORM_OVERHEAD_BYTES
+        request_state(request.scope)["body_limit"] = limit
+    fields, upload, form = await read_upload_form(request, form_model, limit, file_field)
     try:
-        return fields, Work(build_options(fields), EncodedAudio(upload.file), token=CancelToken()), form
+        source = RawPcm(upload.file) if raw_pcm else EncodedAudio(upload.file)
+        work = Work(build_options(fields), source, token=CancelToken(), mode=mode, admission_wait=admission_wait)
     except BaseException:
         await form.close()
         raise
+    return Upload(fields, work, form, upload.filename)
 
 
-async def transcribe_upload(
-    request: Request, form_model: type[F], build_options: Callable[[F], RequestOptions], file_field: str = "file"
-) -> tuple[F, Outcome, BackgroundTask]:
-    """Run one upload through the pipeline; returns the parsed fields, the outcome and the
-    background task (quality sampling, freeing the audio) to attach to the response."""
-    fields, work, form = await read_work(request, form_model, build_options, file_field)
-    outcome, background = await run_work(request, work, form)
-    return fields, outcome, background
-
-
-async def run_work(request: Request, work: Work, form: FormData) -> tuple[Outcome, BackgroundTask]:
+async def run_upload(request: Request, pipeline: Pipeline, upload: Upload[F]) -> tuple[Outcome, BackgroundTask]:
     """Run an upload's work while watching for a hang-up, close its form, and return the outcome
     with the background task (quality sampling, freeing the audio) to attach to the response."""
-    pipeline = pipeline_of(request)
     try:
-        outcome = await until_disconnected(request.receive, work.token, pipeline.transcribe(work))
+        outcome = await until_disconnected(request.receive, upload.work.token, pipeline.transcribe(upload.work))
     finally:
-        await form.close()
+        await upload.close()
     return outcome, answered(request, pipeline, outcome)
 
 

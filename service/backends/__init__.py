@@ -7,17 +7,18 @@ fails at startup with one line naming the extra to install.
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.embedded_model import embedded_label, is_embedded
 from service.errors import MissingExtraError, ModelLoadError
+from service.hardware import resolve_device
 
 if TYPE_CHECKING:
     from service.backends.base import Backend
     from service.config import Settings
+    from service.hardware import CudaProbe
 
 
 @dataclass(frozen=True)
@@ -25,53 +26,25 @@ class EngineEntry:
     module: str
     factory: str
     extra: str | None  # the pip extra that installs its dependencies; None: always installed
+    cuda_probe: CudaProbe  # the library that says whether this engine would run on a GPU
 
 
 ENGINES: dict[str, EngineEntry] = {
-    "faster-whisper": EngineEntry("service.backends.faster_whisper", "FasterWhisperBackend", None),
-    "openai-whisper": EngineEntry("service.backends.openai_whisper", "OpenAIWhisperBackend", "openai-whisper"),
-    "sensevoice": EngineEntry("service.backends.sensevoice", "SenseVoiceBackend", "sensevoice"),
+    "faster-whisper": EngineEntry("service.backends.faster_whisper", "FasterWhisperBackend", None, "ctranslate2"),
+    "openai-whisper": EngineEntry("service.backends.openai_whisper", "OpenAIWhisperBackend", "openai-whisper", "torch"),
+    "sensevoice": EngineEntry("service.backends.sensevoice", "SenseVoiceBackend", "sensevoice", "torch"),
 }
 
 
-def uses_gpu(settings: Settings) -> bool:
-    """Whether inference will run on CUDA (ASR_DEVICE, or `auto` with a GPU present)."""
-    if settings.model.device != "auto":
+def on_gpu(settings: Settings) -> bool:
+    """Whether the configured engine will run on CUDA (ASR_DEVICE, or `auto` with a GPU its library sees)."""
+    entry = ENGINES.get(settings.model.backend)
+    if entry is None:  # an unknown engine fails to load, with its own message
         return settings.model.device == "cuda"
-    import ctranslate2  # always installed (faster-whisper); asking it is cheap, unlike importing torch
-
-    return bool(ctranslate2.get_cuda_device_count() > 0)
-
-
-def worker_count(settings: Settings) -> int:
-    """Inference workers per process: ASR_WORKERS, or by default one single-threaded worker per
-    CPU core (shared among processes) on CPU and one on a GPU.
-
-    On CPU, measured on 2 cores with Whisper base int8 (docs/performance.md): two 1-thread
-    workers match one 2-thread worker's latency for a single request and give 1.7x its
-    throughput under load; each extra worker shares the weights (+20-30 MB).
-    """
-    if settings.scheduler.workers:
-        return settings.scheduler.workers
-    if uses_gpu(settings):
-        return 1
-    return max(1, (os.cpu_count() or 1) // settings.server.processes)
-
-
-def decode_workers(settings: Settings) -> int:
-    """Uploads decoded at once per process: ASR_DECODE_WORKERS, or one per CPU core among the processes."""
-    if settings.scheduler.decode_workers:
-        return settings.scheduler.decode_workers
-    return max(1, (os.cpu_count() or 1) // settings.server.processes)
-
-
-def cpu_threads(settings: Settings) -> int:
-    """CPU threads per inference worker: ASR_CPU_THREADS, or the host's cores shared among the
-    workers of every process, so that they don't fight over cores."""
-    if settings.model.cpu_threads:
-        return settings.model.cpu_threads
-    workers = worker_count(settings) * settings.server.processes
-    return max(1, (os.cpu_count() or 1) // workers)
+    try:
+        return resolve_device(settings.model.device, entry.cuda_probe) == "cuda"
+    except ImportError:  # the engine's extra is missing: its load will say so
+        return False
 
 
 def model_label(settings: Settings) -> str:

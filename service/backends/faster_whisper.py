@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import ctranslate2
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-from service.backends import cpu_threads, model_label, worker_count
+from service.backends import model_label
 from service.backends.base import (
+    SAMPLE_RATE,
     Cancelled,
     Capabilities,
     Segment,
@@ -20,6 +20,7 @@ from service.backends.base import (
 )
 from service.embedded_model import embedded_model_path, is_embedded
 from service.errors import ModelLoadError
+from service.hardware import cpu_threads, resolve_compute_type, resolve_device, worker_count
 
 if TYPE_CHECKING:
     import threading
@@ -31,20 +32,6 @@ if TYPE_CHECKING:
     from service.config import Settings
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(requested: str) -> str:
-    """Return `cuda` or `cpu` for ASR_DEVICE; `auto` picks CUDA when CTranslate2 sees a GPU."""
-    if requested != "auto":
-        return requested
-    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
-
-
-def resolve_compute_type(requested: str, device: str) -> str:
-    if requested != "auto":
-        return requested
-    # int8 keeps quality and runs ~2-3x faster than float32 on CPU; float16 is the GPU norm.
-    return "float16" if device == "cuda" else "int8"
 
 
 class ObservedBatchedPipeline(BatchedInferencePipeline):
@@ -69,11 +56,12 @@ class FasterWhisperBackend:
 
     def __init__(self, settings: Settings) -> None:
         ms = settings.model
-        self.device = resolve_device(ms.device)
+        self.device = resolve_device(ms.device, "ctranslate2")
         self.compute_type = resolve_compute_type(ms.compute_type, self.device)
         self.model = model_label(settings)
         self._decode = settings.decode
-        workers = worker_count(settings)
+        gpu = self.device == "cuda"
+        workers = worker_count(settings, gpu)
         path = self._model_path(settings)
         log.info("loading %s from %s on %s (%s)", self.model, path, self.device, self.compute_type)
         try:
@@ -81,7 +69,7 @@ class FasterWhisperBackend:
                 path,
                 device=self.device,
                 compute_type=self.compute_type,
-                cpu_threads=cpu_threads(settings),
+                cpu_threads=cpu_threads(settings, gpu),
                 num_workers=workers,
                 download_root=str(ms.cache_dir / "hub"),
                 local_files_only=ms.local_files_only,
@@ -112,7 +100,7 @@ class FasterWhisperBackend:
     def detect_language(self, audio: npt.NDArray[np.float32]) -> tuple[str, float]:
         if not self._whisper.model.is_multilingual:
             return "en", 1.0
-        language, probability, _ = self._whisper.detect_language(audio[: 30 * 16_000])
+        language, probability, _ = self._whisper.detect_language(audio[: 30 * SAMPLE_RATE])
         return str(language), float(probability)
 
     def transcribe(

@@ -22,6 +22,7 @@ from service.backends import model_label
 from service.backends.base import Capabilities, Segment, TranscribeOptions, Transcript, Word
 from service.embedded_model import is_embedded
 from service.errors import ModelLoadError
+from service.hardware import resolve_device
 
 if TYPE_CHECKING:
     import threading
@@ -40,7 +41,7 @@ class OpenAIWhisperBackend:
 
     def __init__(self, settings: Settings) -> None:
         ms = settings.model
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if ms.device == "auto" else ms.device
+        self.device = resolve_device(ms.device, "torch")
         self._fp16 = self.device == "cuda"
         self.compute_type = "float16" if self._fp16 else "float32"
         self.model = model_label(settings)

@@ -29,6 +29,7 @@ from service.backends.base import SAMPLE_RATE, Cancelled, Capabilities, Segment,
 from service.backends.sensevoice_tags import RichPiece, split_rich
 from service.embedded_model import is_embedded
 from service.errors import ModelLoadError
+from service.hardware import resolve_device
 from service.languages import join_texts
 
 if TYPE_CHECKING:
@@ -47,9 +48,8 @@ UNKNOWN_LANGUAGE = "unknown"
 
 
 def _device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    return "cuda:0" if requested == "cuda" else "cpu"
+    # FunASR names the device as torch does, with its index.
+    return "cuda:0" if resolve_device(requested, "torch") == "cuda" else "cpu"
 
 
 class SenseVoiceBackend:

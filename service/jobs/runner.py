@@ -62,7 +62,7 @@ class JobRunner:
         self._draining = False
         self._last_sweep = 0.0
         self._last_renew = 0.0
-        pipeline.lifecycle.on_drain(self._drain)
+        pipeline.on_drain(self._drain)
 
     # ---- control -------------------------------------------------------------------------
 
@@ -101,7 +101,7 @@ class JobRunner:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _tick(self) -> None:
-        ready = self.pipeline.engine.backend is not None
+        ready = self.pipeline.served() is not None
         while ready and not self._draining and len(self._running) < self.settings.jobs.concurrency:
             job = await asyncio.to_thread(self.store.claim, self.owner, set(self._running))
             if job is None:
@@ -159,7 +159,7 @@ class JobRunner:
         path = self.store.upload_path(job.id)
         upload = await asyncio.to_thread(open, path, "rb")
         try:
-            audio = await self.pipeline.decoder.decode(EncodedAudio(upload), token)
+            audio = await self.pipeline.decode(EncodedAudio(upload), token)
         finally:
             upload.close()
         try:
@@ -237,8 +237,8 @@ class JobRunner:
         transcript = Transcript(
             join_texts(texts, language), language, job.language_probability or 0.0, job.duration or 0.0, segments
         )
-        backend = self.pipeline.engine.backend
-        name, model = (backend.name, backend.model) if backend is not None else ("unknown", "unknown")
+        served = self.pipeline.served()
+        name, model = (served.backend, served.model) if served is not None else ("unknown", "unknown")
         elapsed = (job.finished_at or time.time()) - (job.started_at or job.created_at)
         return Result(transcript, name, model, elapsed)
 

@@ -22,15 +22,14 @@ import time
 import wave
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
 from service.backends.base import TranscribeOptions
-from service.cancellation import CancelToken
 from service.languages import language_label
 from service.quality.scoring import score
-from service.scheduler import Preempted, Priority
+from service.scheduler import Preempted
 
 if TYPE_CHECKING:
     import threading
@@ -42,10 +41,17 @@ if TYPE_CHECKING:
     from service.config import Settings
     from service.metrics import Metrics
     from service.quality.store import SampleRecord, SampleStore
-    from service.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 _HOUR = 3600.0
+T = TypeVar("T")
+
+
+class IdleRunner(Protocol):
+    """Where shadow transcriptions run: the pipeline's idle-priority verb (a Protocol, so that
+    quality does not depend on the pipeline, which depends on quality's sampler)."""
+
+    async def run_idle(self, job: Callable[[threading.Event], T], time_limit: float) -> T: ...
 
 
 @dataclass
@@ -62,13 +68,13 @@ class ShadowScorer:
         self,
         settings: Settings,
         store: SampleStore,
-        scheduler: Scheduler,
+        pipeline: IdleRunner,
         metrics: Metrics,
         load: Callable[[], Backend],
     ) -> None:
         self.settings = settings
         self.store = store
-        self.scheduler = scheduler
+        self.pipeline = pipeline
         self.metrics = metrics
         self._load = load
         self._backend: Backend | None = None
@@ -128,9 +134,7 @@ class ShadowScorer:
             text = backend.transcribe(audio, options, cancel).text
             return text, time.perf_counter() - started
 
-        text, seconds = await self.scheduler.run(
-            job, token=CancelToken(), priority=Priority.IDLE, time_limit=max(60.0, 10 * record.duration)
-        )
+        text, seconds = await self.pipeline.run_idle(job, time_limit=max(60.0, 10 * record.duration))
         self._spent.append((time.monotonic(), seconds))
         self.metrics.quality_shadow_seconds.inc(seconds)
         agreement = score(text, served, record.language, self.settings.quality.normalizer)

@@ -11,7 +11,8 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-SAMPLE_RATE = 16_000
+from service.backends.base import SAMPLE_RATE
+
 PCM_RATES = (16_000, 24_000)
 G711_RATE = 8_000
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.audio import DecodedAudio
+from service.backends.base import SAMPLE_RATE
 from service.cancellation import CLIENT_DISCONNECTED, CancelToken
 from service.errors import ServiceError
 from service.languages import normalize_language
@@ -45,11 +46,12 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from service.config import StreamSettings
+    from service.metrics import Metrics
     from service.outcome import Outcome
     from service.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
-RATE = 16_000
+RATE = SAMPLE_RATE
 MIN_COMMIT_SECONDS = 0.1  # as OpenAI: a commit of less audio is an error
 FORMATS = ("audio/pcm", "audio/pcmu", "audio/pcma")
 
@@ -80,13 +82,18 @@ class Turn:
 
 class RealtimeSession:
     def __init__(
-        self, pipeline: Pipeline, settings: StreamSettings, send: Callable[[dict[str, Any]], Awaitable[None]]
+        self,
+        pipeline: Pipeline,
+        settings: StreamSettings,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        metrics: Metrics,
     ) -> None:
         self.pipeline = pipeline
         self.settings = settings
+        self.metrics = metrics
         self._send_event = send
         self.id = _id("sess")
-        backend = pipeline.engine.ready_backend()
+        backend = pipeline.model()
         self._partials = backend.capabilities.partials
         self.config: dict[str, Any] = {
             "type": "transcription",
@@ -277,7 +284,7 @@ class RealtimeSession:
             raise ClientEventError("invalid_audio", message, "audio") from None
         if samples.size == 0:
             return
-        self.pipeline.metrics.stream_audio.inc(samples.size / RATE)
+        self.metrics.stream_audio.inc(samples.size / RATE)
         self._buffer = np.concatenate([self._buffer, samples])
         self._received += samples.size
         now = time.monotonic()
@@ -299,7 +306,7 @@ class RealtimeSession:
     def _limit_buffer(self) -> None:
         excess = self._buffer.size - int(self.settings.stream_max_buffer_seconds * RATE)
         if excess > 0:
-            self.pipeline.metrics.stream_dropped_audio.labels("buffer_full").inc(excess / RATE)
+            self.metrics.stream_dropped_audio.labels("buffer_full").inc(excess / RATE)
             self._trim(self._buffer_start + excess)
             if self._turn is not None:
                 self._turn.start = max(self._turn.start, self._buffer_start)
@@ -418,7 +425,7 @@ class RealtimeSession:
         if delta:
             if not turn.first_partial_sent:
                 turn.first_partial_sent = True
-                self.pipeline.metrics.stream_first_partial.observe(time.monotonic() - turn.speech_started_at)
+                self.metrics.stream_first_partial.observe(time.monotonic() - turn.speech_started_at)
             await self._send(
                 "conversation.item.input_audio_transcription.delta", item_id=turn.item_id, content_index=0, delta=delta
             )
@@ -452,7 +459,7 @@ class RealtimeSession:
         transcript = outcome.result.transcript
         rest, revised = turn.stabilizer.finish(transcript.text)
         if revised:
-            self.pipeline.metrics.stream_revisions.inc()
+            self.metrics.stream_revisions.inc()
         elif rest:
             await self._send(
                 "conversation.item.input_audio_transcription.delta", item_id=turn.item_id, content_index=0, delta=rest
@@ -465,7 +472,7 @@ class RealtimeSession:
             usage={"type": "duration", "seconds": round(transcript.duration, 3)},
             **_extras(outcome),
         )
-        self.pipeline.metrics.stream_finalisation.observe(time.monotonic() - speech_end)
+        self.metrics.stream_finalisation.observe(time.monotonic() - speech_end)
         self._in_background(self.pipeline.keep_sample(outcome, turn.item_id))
 
     def _in_background(self, work: Awaitable[Any]) -> None:

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from service.backends.base import SAMPLE_RATE
+
 WINDOW = 512  # samples: 32 ms at 16 kHz
 CONTEXT = 64
-SAMPLE_RATE = 16_000
 
 
 @functools.cache

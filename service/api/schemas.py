@@ -1,0 +1,287 @@
+"""The JSON shapes of the service's answers, as pydantic models, so /docs shows every one.
+
+Transcriptions come in three dialects: ours (/transcribe, jobs, the CLI), OpenAI's
+(/v1/audio/*, field for field what the `openai` package's types parse) and openai-whisper's
+result dict (whisper-asr-webservice's `/asr?output=json`). Each model has a `build` that makes it
+from a `Result`; optional fields a dialect leaves out when empty are left unset and dropped by
+`body()` (`exclude_unset`), so the answers keep their exact shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from service.formats import Result
+from service.languages import language_name
+
+# ---- errors ---------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable: queue_full, unsupported_media, invalid_parameter, ...")
+    message: str = Field(description="What was wrong, for a person.")
+    type: Literal["invalid_request_error", "server_error"]
+    param: str | None = Field(None, description="The request field at fault, when one is.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer (OpenAI's shape, which its client parses)."""
+
+    error: ErrorDetail
+
+
+class Answer(BaseModel):
+    """Base of the answer models: `body()` is the JSON-ready dict, without the fields left unset."""
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+# ---- ours -----------------------------------------------------------------------------------
+
+
+class WordOut(Answer):
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+class SegmentOut(Answer):
+    id: int
+    start: float
+    end: float
+    text: str
+    words: list[WordOut] | None = Field(None, description="With word_timestamps.")
+    emotion: str | None = Field(None, description="SenseVoice: the segment's emotion.")
+    events: list[str] | None = Field(None, description="SenseVoice: sound events heard in the segment.")
+    language: str | None = Field(None, description="SenseVoice: the segment's own language.")
+    avg_logprob: float | None = Field(None, description="verbose_json only.")
+    no_speech_prob: float | None = Field(None, description="verbose_json only.")
+    compression_ratio: float | None = Field(None, description="verbose_json only.")
+    temperature: float | None = Field(None, description="verbose_json only.")
+    tokens: list[int] | None = Field(None, description="verbose_json only.")
+
+
+class Transcription(Answer):
+    """Our answer: the text, what the service measured, and what it noticed (`warnings`)."""
+
+    text: str
+    language: str
+    language_probability: float
+    duration: float = Field(description="Seconds of audio.")
+    processing_seconds: float = Field(description="Engine seconds.")
+    rtf: float | None = Field(description="Engine seconds per audio second; null for audio under 1 s.")
+    segments: list[SegmentOut]
+    backend: str
+    model: str
+    warnings: list[str] = Field(description="E.g. a suspected hallucination, a truncated file.")
+    raw_text: str | None = Field(None, description="SenseVoice's tagged output, with rich_output.")
+
+    @classmethod
+    def build(cls, result: Result, verbose: bool, raw_text: bool = False) -> Transcription:
+        t = result.transcript
+        extra = {"raw_text": t.raw_text} if raw_text else {}
+        return cls(
+            text=t.text,
+            language=t.language,
+            language_probability=round(t.language_probability, 4),
+            duration=round(t.duration, 3),
+            processing_seconds=round(result.processing_seconds, 3),
+            rtf=round(result.rtf, 4) if result.rtf is not None else None,
+            segments=[segment_out(s, verbose) for s in t.segments],
+            backend=result.backend,
+            model=result.model,
+            warnings=result.warnings,
+            **extra,
+        )
+
+
+class JobTranscription(Transcription):
+    """A finished job's result: our transcription with the job's id."""
+
+    id: str
+
+    @classmethod
+    def of_job(cls, job_id: str, result: Result, verbose: bool) -> JobTranscription:
+        return cls(id=job_id, **Transcription.build(result, verbose).model_dump(exclude_unset=True))
+
+
+def segment_out(seg: Any, verbose: bool) -> SegmentOut:
+    """One of our segments (a backends.base.Segment) as it is answered."""
+    fields: dict[str, Any] = {"id": seg.id, "start": round(seg.start, 3), "end": round(seg.end, 3), "text": seg.text}
+    if seg.words is not None:
+        fields["words"] = [
+            WordOut(start=round(w.start, 3), end=round(w.end, 3), word=w.word, probability=round(w.probability, 4))
+            for w in seg.words
+        ]
+    if seg.emotion is not None or seg.events:
+        fields.update(emotion=seg.emotion, events=seg.events, language=seg.language)
+    if verbose:
+        fields.update(
+            avg_logprob=seg.avg_logprob,
+            no_speech_prob=seg.no_speech_prob,
+            compression_ratio=seg.compression_ratio,
+            temperature=seg.temperature,
+            tokens=seg.tokens,
+        )
+    return SegmentOut(**fields)
+
+
+# ---- OpenAI's --------------------------------------------------------------------------------
+
+
+class Usage(Answer):
+    """OpenAI's usage for models billed by audio duration."""
+
+    type: Literal["duration"] = "duration"
+    seconds: float
+
+    @classmethod
+    def of(cls, result: Result) -> Usage:
+        return cls(type="duration", seconds=round(result.transcript.duration, 3))
+
+
+class OpenAITranscription(Answer):
+    """OpenAI's `json` answer."""
+
+    text: str
+    usage: Usage
+
+
+class WhisperSegment(Answer):
+    """A segment as openai-whisper's result dict (and OpenAI's verbose_json) has it."""
+
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    words: list[WordOut] | None = Field(None, description="openai-whisper's dict only, with word timestamps.")
+
+    @classmethod
+    def of(cls, s: Any, words: bool = False) -> WhisperSegment:
+        extra: dict[str, Any] = {}
+        if words and s.words is not None:
+            extra["words"] = [
+                WordOut(start=round(w.start, 3), end=round(w.end, 3), word=w.word, probability=round(w.probability, 4))
+                for w in s.words
+            ]
+        return cls(
+            id=s.id,
+            seek=s.seek,
+            start=round(s.start, 3),
+            end=round(s.end, 3),
+            text=s.text,
+            tokens=s.tokens,
+            temperature=s.temperature if s.temperature is not None else 0.0,
+            avg_logprob=s.avg_logprob if s.avg_logprob is not None else 0.0,
+            compression_ratio=s.compression_ratio if s.compression_ratio is not None else 0.0,
+            no_speech_prob=s.no_speech_prob if s.no_speech_prob is not None else 0.0,
+            **extra,
+        )
+
+
+class OpenAIWord(Answer):
+    word: str
+    start: float
+    end: float
+
+
+class OpenAIVerboseTranscription(Answer):
+    """OpenAI's `verbose_json` answer. A translation's language is its output's, English."""
+
+    task: Literal["transcribe", "translate"]
+    language: str = Field(description="The language's English name, as OpenAI reports it.")
+    duration: float
+    text: str
+    segments: list[WhisperSegment]
+    usage: Usage
+    words: list[OpenAIWord] | None = Field(None, description="With timestamp_granularities[]=word.")
+
+    @classmethod
+    def build(cls, result: Result, task: Literal["transcribe", "translate"], words: bool) -> OpenAIVerboseTranscription:
+        t = result.transcript
+        extra: dict[str, Any] = {}
+        if words:
+            extra["words"] = [
+                OpenAIWord(word=w.word.strip(), start=round(w.start, 3), end=round(w.end, 3))
+                for s in t.segments
+                for w in s.words or []
+            ]
+        return cls(
+            task=task,
+            language="english" if task == "translate" else language_name(t.language),
+            duration=round(t.duration, 3),
+            text=t.text,
+            segments=[WhisperSegment.of(s) for s in t.segments],
+            usage=Usage.of(result),
+            **extra,
+        )
+
+
+def openai_answer(
+    result: Result, task: Literal["transcribe", "translate"], verbose: bool, words: bool
+) -> OpenAITranscription | OpenAIVerboseTranscription:
+    """OpenAI's /v1/audio/transcriptions (and translations) JSON shapes."""
+    if verbose:
+        return OpenAIVerboseTranscription.build(result, task, words)
+    return OpenAITranscription(text=result.transcript.text, usage=Usage.of(result))
+
+
+class ModelCard(Answer):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(Answer):
+    """OpenAI's model list: the served model (empty while it loads)."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ---- openai-whisper's / whisper-asr-webservice's ----------------------------------------------
+
+
+class WhisperResult(Answer):
+    """openai-whisper's result dict: text, segments (with words when there are), language code."""
+
+    text: str
+    segments: list[WhisperSegment]
+    language: str
+
+    @classmethod
+    def build(cls, result: Result) -> WhisperResult:
+        t = result.transcript
+        return cls(text=t.text, segments=[WhisperSegment.of(s, words=True) for s in t.segments], language=t.language)
+
+
+class DetectedLanguage(Answer):
+    detected_language: str = Field(description="The language's English name.")
+    language_code: str
+    confidence: float
+
+
+# ---- health ----------------------------------------------------------------------------------
+
+
+class Liveness(Answer):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(Answer):
+    status: Literal["ready", "loading", "failed", "draining"]
+    backend: str | None = None
+    model: str | None = None
+    device: str | None = None
+    error: str | None = Field(None, description="Why the model failed to load (in full for the admin).")
