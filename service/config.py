@@ -141,7 +141,9 @@ class ServerSettings(BaseSettings):
         None, ge=1, le=65535, description="Serve /metrics on this port only, off the public listener."
     )
     api_key: SecretStr | None = Field(
-        None, description="Bearer token required on transcription endpoints (off when unset)."
+        None,
+        description="Bearer token every route requires but /healthz, /readyz, /metrics and the API docs "
+        "(off when unset).",
     )
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for the sample review API (the API is off when unset)."

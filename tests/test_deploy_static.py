@@ -21,6 +21,8 @@ from service.metrics import (
     REQUEST_RTF_P99_ALERT,
     RTF_ALERT,
     RTF_BUCKETS,
+    STREAM_FINALISATION_SLO_SECONDS,
+    STREAM_LATENCY_BUCKETS,
 )
 from tests.conftest import ROOT
 
@@ -130,23 +132,25 @@ def test_alert_thresholds_are_bucket_boundaries_and_drawn_on_the_panels() -> Non
     assert f"> {QUEUE_WAIT_ALERT_SECONDS:g}" in _alert("ASRQueueWaitHigh")
     assert QUEUE_WAIT_ALERT_SECONDS in QUEUE_WAIT_BUCKETS
     assert f"> {RTF_ALERT:g}" in _alert("ASRSlowerThanRealTime") and RTF_ALERT in RTF_BUCKETS
+    assert f"> {STREAM_FINALISATION_SLO_SECONDS:g}" in _alert("ASRStreamFinalisationSlow")
+    assert STREAM_FINALISATION_SLO_SECONDS in STREAM_LATENCY_BUCKETS
     expected = {
-        "request_rtf_p95": ("ASRSlowResponses", "> {}"),
-        "request_rtf_p99": ("ASRSlowResponsesTail", "> {}"),
-        "workers_busy_ratio": ("ASRWorkersSaturated", "> {}"),
-        "stream_finalisation_p95_seconds": ("ASRStreamFinalisationSlow", "> {}"),
-        "gpu_power_ratio": ("GPUPowerNearLimit", "> {}"),
-        "rtf": ("ASRSlowerThanRealTime", "> {}"),
-        "queue_saturation": ("ASRQueueSaturated", "> {}"),
-        "queue_wait_p95_seconds": ("ASRQueueWaitHigh", "> {}"),
-        "rejected_ratio": ("ASRRejectingRequests", "> {}"),
-        "wer": ("ASRWordErrorRateHigh", "> {}"),
-        "cer": ("ASRCharacterErrorRateHigh", "> {}"),
-        "quality_job_age_seconds": ("ASRQualityJobStale", "> {}"),
-        "gpu_memory_ratio": ("GPUMemoryHigh", "> {}"),
-        "gpu_temperature_celsius": ("GPUTooHot", "> {}"),
+        "request_rtf_p95": ("ASRSlowResponses", "> {:g}"),
+        "request_rtf_p99": ("ASRSlowResponsesTail", "> {:g}"),
+        "workers_busy_ratio": ("ASRWorkersSaturated", "> {:g}"),
+        "stream_finalisation_p95_seconds": ("ASRStreamFinalisationSlow", "> {:g}"),
+        "gpu_power_ratio": ("GPUPowerNearLimit", "> {:g}"),
+        "rtf": ("ASRSlowerThanRealTime", "> {:g}"),
+        "queue_saturation": ("ASRQueueSaturated", "> {:g}"),
+        "queue_wait_p95_seconds": ("ASRQueueWaitHigh", "> {:g}"),
+        "rejected_ratio": ("ASRRejectingRequests", "> {:g}"),
+        "wer": ("ASRWordErrorRateHigh", "> {:g}"),
+        "cer": ("ASRCharacterErrorRateHigh", "> {:g}"),
+        "quality_job_age_seconds": ("ASRQualityJobStale", "> {:g}"),
+        "gpu_memory_ratio": ("GPUMemoryHigh", "> {:g}"),
+        "gpu_temperature_celsius": ("GPUTooHot", "> {:g}"),
         "host_memory_available_ratio": ("HostMemoryLow", "< {:.2f}"),
-        "disk_available_ratio": ("HostDiskAlmostFull", "< {}"),
+        "disk_available_ratio": ("HostDiskAlmostFull", "< {:g}"),
     }
     for key, (alert, pattern) in expected.items():
         assert pattern.format(THRESHOLDS[key]) in _alert(alert), key

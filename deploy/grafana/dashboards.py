@@ -14,19 +14,26 @@ from pathlib import Path
 from typing import Any
 
 from deploy.grafana.builder import Layout, dashboard, quantile, rate, sel, stat, timeseries
+from service.metrics import (
+    QUEUE_WAIT_ALERT_SECONDS,
+    REQUEST_RTF_P95_ALERT,
+    REQUEST_RTF_P99_ALERT,
+    RTF_ALERT,
+    STREAM_FINALISATION_SLO_SECONDS,
+)
 
 OUT = Path(__file__).resolve().parent / "dashboards"
 TRANSCRIPTION = 'route=~"/transcribe|/v1/audio/transcriptions|/v1/audio/translations"'
 
 # The thresholds of the alert rules, drawn on the panels that show the same quantity.
 THRESHOLDS = {
-    "request_rtf_p95": 1,  # ASRSlowResponses
-    "request_rtf_p99": 2,  # ASRSlowResponsesTail
+    "request_rtf_p95": REQUEST_RTF_P95_ALERT,  # ASRSlowResponses
+    "request_rtf_p99": REQUEST_RTF_P99_ALERT,  # ASRSlowResponsesTail
     "workers_busy_ratio": 0.9,  # ASRWorkersSaturated
-    "stream_finalisation_p95_seconds": 2,  # ASRStreamFinalisationSlow
-    "rtf": 1,  # ASRSlowerThanRealTime
+    "stream_finalisation_p95_seconds": STREAM_FINALISATION_SLO_SECONDS,  # ASRStreamFinalisationSlow
+    "rtf": RTF_ALERT,  # ASRSlowerThanRealTime
     "queue_saturation": 0.8,  # ASRQueueSaturated
-    "queue_wait_p95_seconds": 10,  # ASRQueueWaitHigh
+    "queue_wait_p95_seconds": QUEUE_WAIT_ALERT_SECONDS,  # ASRQueueWaitHigh
     "rejected_ratio": 0.05,  # ASRRejectingRequests
     "slo_fast_burn_ratio": 14.4 * 0.005,  # ASRErrorBudgetBurnFast
     "wer": 0.15,  # ASRWordErrorRateHigh

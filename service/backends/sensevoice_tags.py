@@ -61,13 +61,3 @@ def split_rich(raw: str) -> list[RichPiece]:
     bounds = [0, *(s for s in starts if s > 0), len(raw)]
     pieces = [_piece(raw[a:b]) for a, b in itertools.pairwise(bounds)]
     return [p for p in pieces if p.text or p.emotion or p.events or p.language]
-
-
-def emotion_label(emotion: str) -> str:
-    """Bounded label value for asr_emotion_total."""
-    return emotion if emotion in EMOTIONS else OTHER
-
-
-def event_label(event: str) -> str:
-    """Bounded label value for asr_audio_events_total."""
-    return event if event in EVENTS else OTHER
