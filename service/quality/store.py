@@ -29,6 +29,7 @@ import numpy as np
 
 from service.database import Database, Row, SQLiteDatabase
 from service.migrations import Step, migrate
+from service.quality import totals
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -233,7 +234,7 @@ class SampleStore:
                     inclusion_probability,
                 ),
             )
-            _add_total(db, "samples", transcript.language, 1, stratum)
+            _add_total(db, totals.SAMPLES, transcript.language, 1, stratum)
         self.enforce_count()
         return sample_id
 
@@ -270,11 +271,8 @@ class SampleStore:
             ).rowcount
             if not updated:  # deleted or scored meanwhile: count nothing twice
                 return False
-            _add_total(db, f"{unit}_errors", language, errors)
-            _add_total(db, f"reference_{unit}s", language, reference_units)
-            _add_total(db, f"weighted_{unit}_errors", language, errors * weight)
-            _add_total(db, f"weighted_reference_{unit}s", language, reference_units * weight)
-            _add_total(db, "scored", language, 1)
+            for name, amount in totals.scored(unit, errors, reference_units, weight).items():
+                _add_total(db, name, language, amount)
         return True
 
     def record_shadow(self, sample_id: str, language: str, unit: str, errors: int, units: int, weight: float) -> bool:
@@ -287,9 +285,8 @@ class SampleStore:
             ).rowcount
             if not updated:
                 return False
-            _add_total(db, f"shadow_{unit}_errors", language, errors * weight)
-            _add_total(db, f"shadow_reference_{unit}s", language, units * weight)
-            _add_total(db, "shadow_scored", language, 1)
+            for name, amount in totals.shadowed(unit, errors, units, weight).items():
+                _add_total(db, name, language, amount)
         return True
 
     def unshadowed(self, limit: int) -> list[SampleRecord]:
