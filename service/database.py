@@ -7,9 +7,11 @@ seconds), `INSERT ... ON CONFLICT`, and no other dialect's extensions. What diff
 two (transactions that must run alone, the columns a table has, a lock that spans processes and
 hosts) is a method here, so no store ever asks which database it has.
 
-The tables themselves come from versioned migrations (service.migrations): each store lists its
-schema steps in order, and `schema_versions` records how many have run, per store. A change to a
-store's schema is a new step appended to its list, never an edit of a released one.
+The tables themselves come from versioned migrations (service.migrations, whose docstring says
+how they run and how to add one): each store lists its schema steps in order, `schema_versions`
+records how many have run, per store, and the missing ones run at start, each in one transaction
+under the "schema" lock below. A change to a store's schema is a new step appended to its list,
+written in the shared dialect above, never an edit of a released one.
 """
 
 from __future__ import annotations

@@ -18,10 +18,12 @@ Every step after them runs exactly once, so it needs no such care.
 A version above the last step means a newer release has written the tables; `migrate` refuses
 them (SchemaTooNewError) rather than let this code misread or damage what it does not know.
 
-Adding a migration: append a Step to the store's list (never edit, reorder or remove one that was
-released: databases in the wild have run it). Its SQL is the dialect both databases share (see
-service.database); statements are split on ";", so none may contain one in a literal. Update the
-store's dataclass and queries in the same change, and add the case to tests/test_migrations.py.
+Adding a migration: append a Step to the store's MIGRATIONS (never edit, reorder or remove one
+that was released: databases in the wild have run it). Its SQL is the dialect both databases
+share (see service.database); statements are split on ";", so none may contain one in a literal.
+Keep it additive (new tables, nullable or defaulted columns): during a rolling update the previous
+release's replicas still use the tables. Update the store's dataclass and queries in the same
+change, and add the case to tests/test_migrations.py.
 """
 
 from __future__ import annotations
