@@ -4,8 +4,14 @@ several replicas share the job table and the quality sample index (ASR_DATABASE_
 The stores write one SQL for both: `?` placeholders, `DOUBLE PRECISION` for reals (SQLite
 gives it REAL affinity; PostgreSQL's REAL would be single precision, too coarse for epoch
 seconds), `INSERT ... ON CONFLICT`, and no other dialect's extensions. What differs between the
-two (transactions that must run alone, adding columns to an older table, a lock that spans
-processes and hosts) is a method here, so no store ever asks which database it has.
+two (transactions that must run alone, the columns a table has, a lock that spans processes and
+hosts) is a method here, so no store ever asks which database it has.
+
+The tables themselves come from versioned migrations (service.migrations, whose docstring says
+how they run and how to add one): each store lists its schema steps in order, `schema_versions`
+records how many have run, per store, and the missing ones run at start, each in one transaction
+under the "schema" lock below. A change to a store's schema is a new step appended to its list,
+written in the shared dialect above, never an edit of a released one.
 """
 
 from __future__ import annotations
@@ -49,9 +55,9 @@ class Database(ABC):
         process: what a read-then-claim needs."""
 
     @abstractmethod
-    def create(self, schema: str, added_columns: dict[str, dict[str, str]]) -> None:
-        """Create the tables of `schema` where missing, and add `added_columns` ({table:
-        {column: type}}) to tables made by an older release."""
+    def columns(self, db: Connection, table: str) -> set[str]:
+        """The names of `table`'s columns, read in the transaction `db` (empty when there is no
+        such table)."""
 
     @abstractmethod
     def exclusive(self, name: str, wait: bool) -> contextlib.AbstractContextManager[bool]:
@@ -89,14 +95,8 @@ class SQLiteDatabase(Database):
                 db.execute("BEGIN IMMEDIATE")
             yield db
 
-    def create(self, schema: str, added_columns: dict[str, dict[str, str]]) -> None:
-        with self._open() as db:
-            db.executescript(schema)
-            for table, columns in added_columns.items():
-                present = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
-                for column, kind in columns.items():
-                    if column not in present:  # SQLite has no ADD COLUMN IF NOT EXISTS
-                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    def columns(self, db: Connection, table: str) -> set[str]:
+        return {row["name"] for row in db.execute(f"PRAGMA table_info({table})").fetchall()}
 
     @contextlib.contextmanager
     def exclusive(self, name: str, wait: bool) -> Iterator[bool]:
@@ -143,15 +143,13 @@ class PostgresDatabase(Database):
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(exclusive),))
             yield _PostgresConnection(conn)
 
-    def create(self, schema: str, added_columns: dict[str, dict[str, str]]) -> None:
-        # Replicas starting together would race on CREATE TABLE IF NOT EXISTS (a unique
-        # violation in the catalogue), so creation runs under a lock.
-        with self.transaction(exclusive="schema") as db:
-            for statement in filter(None, (s.strip() for s in schema.split(";"))):
-                db.execute(statement)
-            for table, columns in added_columns.items():
-                for column, kind in columns.items():
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+    def columns(self, db: Connection, table: str) -> set[str]:
+        rows = db.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ?",
+            (table,),
+        ).fetchall()
+        return {row["column_name"] for row in rows}
 
     @contextlib.contextmanager
     def exclusive(self, name: str, wait: bool) -> Iterator[bool]:

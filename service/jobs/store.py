@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from service.backends.base import Segment, Word
 from service.database import Database, Row, SQLiteDatabase
 from service.metrics import is_alive
+from service.migrations import Step, migrate
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -37,7 +38,7 @@ ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
 LEASE_SECONDS = 60.0
 
-_SCHEMA = """
+_FIRST_TABLES = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     created_at DOUBLE PRECISION NOT NULL,
@@ -72,6 +73,10 @@ CREATE TABLE IF NOT EXISTS job_windows (
     PRIMARY KEY (job_id, idx)
 );
 """
+
+# The job table's schema steps, in order (service.migrations: append, never edit a released one).
+# Step 1 is the schema of every release before versioning, so it must stay a no-op on their tables.
+MIGRATIONS = (Step("jobs and their finished windows", sql=_FIRST_TABLES),)
 
 
 @dataclass
@@ -116,7 +121,7 @@ class JobStore:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.database = database if database is not None else SQLiteDatabase(root / "jobs.sqlite3")
-        self.database.create(_SCHEMA, {})
+        migrate(self.database, "jobs", MIGRATIONS)
 
     def _db(self, exclusive: str | None = None) -> AbstractContextManager[Connection]:
         return self.database.transaction(exclusive)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import numpy as np
 
 from service.backends.base import TranscribeOptions
-from service.languages import language_label
+from service.quality import totals
 from service.quality.scoring import score
 from service.scheduler import Preempted
 
@@ -79,6 +79,7 @@ class ShadowScorer:
         self._load = load
         self._backend: Backend | None = None
         self._spent: deque[tuple[float, float]] = deque()  # (when, engine seconds) in the last hour
+        self._counters = totals.TotalCounters(metrics)
 
     def budget_left(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
@@ -147,12 +148,10 @@ class ShadowScorer:
             agreement.reference_units,
             record.weight,
         ):
-            m, label = self.metrics, language_label(record.language)
-            m.quality_shadow_errors[agreement.unit].labels(label).inc(agreement.errors * record.weight)
-            m.quality_shadow_reference_units[agreement.unit].labels(label).inc(
-                agreement.reference_units * record.weight
+            self._counters.add_all(
+                totals.shadowed(agreement.unit, agreement.errors, agreement.reference_units, record.weight),
+                record.language,
             )
-            m.quality_shadow_scored.labels(label).inc()
         return seconds
 
     async def run_forever(self, interval: float) -> None:

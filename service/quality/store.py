@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.database import Database, Row, SQLiteDatabase
+from service.migrations import Step, migrate
+from service.quality import totals
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -42,7 +44,9 @@ ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 STATUSES = ("pending", "referenced", "scored", "skipped")
 _ORPHAN_GRACE_SECONDS = 3600.0
 
-_SCHEMA = """
+# The first release's tables. Its stores are adopted by the steps below (service.migrations):
+# this one is a no-op on their tables, the next adds what each lacks.
+_FIRST_TABLES = """
 CREATE TABLE IF NOT EXISTS samples (
     id TEXT PRIMARY KEY,
     created_at DOUBLE PRECISION NOT NULL,
@@ -61,12 +65,7 @@ CREATE TABLE IF NOT EXISTS samples (
     unit TEXT,
     errors INTEGER,
     reference_units INTEGER,
-    skip_reason TEXT,
-    inclusion_probability DOUBLE PRECISION,
-    shadow_at DOUBLE PRECISION,
-    shadow_unit TEXT,
-    shadow_errors INTEGER,
-    shadow_units INTEGER
+    skip_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS samples_status ON samples(status, created_at);
 CREATE TABLE IF NOT EXISTS totals (
@@ -78,8 +77,7 @@ CREATE TABLE IF NOT EXISTS totals (
 );
 """
 
-
-# Columns added after the first release, added in place to an older index (ALTER TABLE).
+# Columns added to samples before versioning began (the first release's stores lack them).
 _ADDED_COLUMNS = {
     # The probability with which the sampler kept this request (Horvitz-Thompson weight 1/p);
     # NULL for samples kept before it was recorded, weighted 1.
@@ -90,6 +88,12 @@ _ADDED_COLUMNS = {
     "shadow_errors": "INTEGER",
     "shadow_units": "INTEGER",
 }
+
+# The sample index's schema steps, in order (service.migrations: append, never edit a released one).
+MIGRATIONS = (
+    Step("samples and running totals", sql=_FIRST_TABLES),
+    Step("inclusion probability and shadow agreement per sample", add_columns={"samples": _ADDED_COLUMNS}),
+)
 
 
 class SampleConflictError(Exception):
@@ -155,7 +159,7 @@ class SampleStore:
         (root / "samples").mkdir(parents=True, exist_ok=True)
         (root / "incoming").mkdir(parents=True, exist_ok=True)
         self.database = database if database is not None else SQLiteDatabase(root / "index.sqlite3")
-        self.database.create(_SCHEMA, {"samples": _ADDED_COLUMNS})
+        migrate(self.database, "quality", MIGRATIONS)
 
     def _db(self) -> AbstractContextManager[Connection]:
         return self.database.transaction()
@@ -230,7 +234,7 @@ class SampleStore:
                     inclusion_probability,
                 ),
             )
-            _add_total(db, "samples", transcript.language, 1, stratum)
+            _add_total(db, totals.SAMPLES, transcript.language, 1, stratum)
         self.enforce_count()
         return sample_id
 
@@ -267,11 +271,8 @@ class SampleStore:
             ).rowcount
             if not updated:  # deleted or scored meanwhile: count nothing twice
                 return False
-            _add_total(db, f"{unit}_errors", language, errors)
-            _add_total(db, f"reference_{unit}s", language, reference_units)
-            _add_total(db, f"weighted_{unit}_errors", language, errors * weight)
-            _add_total(db, f"weighted_reference_{unit}s", language, reference_units * weight)
-            _add_total(db, "scored", language, 1)
+            for name, amount in totals.scored(unit, errors, reference_units, weight).items():
+                _add_total(db, name, language, amount)
         return True
 
     def record_shadow(self, sample_id: str, language: str, unit: str, errors: int, units: int, weight: float) -> bool:
@@ -284,9 +285,8 @@ class SampleStore:
             ).rowcount
             if not updated:
                 return False
-            _add_total(db, f"shadow_{unit}_errors", language, errors * weight)
-            _add_total(db, f"shadow_reference_{unit}s", language, units * weight)
-            _add_total(db, "shadow_scored", language, 1)
+            for name, amount in totals.shadowed(unit, errors, units, weight).items():
+                _add_total(db, name, language, amount)
         return True
 
     def unshadowed(self, limit: int) -> list[SampleRecord]:
