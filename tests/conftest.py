@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,39 @@ def shared_database(database: dict[str, Any]) -> Iterator[Database | None]:
     yield db
     if db is not None:
         db.close()
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> float:
+    """Poll `condition` until it is true; return the seconds it took. Raises AssertionError naming
+    `what` after `timeout` seconds. For blocking tests (real servers, threads)."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+async def until(
+    condition: Callable[[], object | Awaitable[object]],
+    timeout: float = 10.0,
+    what: str = "the condition",
+    interval: float = 0.01,
+) -> float:
+    """Poll `condition` (a function or a coroutine function) until it is true, letting the event
+    loop run in between; return the seconds it took. Raises AssertionError naming `what` after
+    `timeout` seconds. The async twin of wait_until: a test waits on the state it needs, however
+    slow the machine, instead of sleeping for a guess."""
+    started = time.monotonic()
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(interval)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from service.quality.scoring import score
-from tests.conftest import SENTENCES, Server, make_settings, running_app, serve
+from tests.conftest import SENTENCES, Server, make_settings, running_app, serve, until
 from tests.fakes import FakeBackend, factory
 
 if TYPE_CHECKING:
@@ -135,18 +135,34 @@ async def test_detect_language_hears_english_and_spanish_from_the_first_30_s(tmp
 
 
 @pytest.mark.anyio
-async def test_asr_clients_wait_for_a_place_instead_of_a_429(tmp_path: Path, speech_dir: Path) -> None:
+async def test_asr_clients_wait_for_a_place_instead_of_a_429(
+    tmp_path: Path, speech_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gate = threading.Event()
     settings = make_settings(tmp_path, scheduler={"workers": 1, "queue_size": 0, "queue_wait_seconds": 10})
     fox = (speech_dir / "fox.wav").read_bytes()
     async with running_app(settings, factory(FakeBackend(gate=gate))) as h:
+        scheduler = h.app.state.pipeline._scheduler  # white-box: the test watches its wait for a place
+        # Watch the scheduler's own wait for a place, so the test knows when the second request
+        # has started waiting (the wait itself is the real one).
+        waiting = asyncio.Event()
+        admit_waiting = scheduler.admit_waiting
+
+        async def watched(seconds: float) -> object:
+            waiting.set()
+            return await admit_waiting(seconds)
+
+        monkeypatch.setattr(scheduler, "admit_waiting", watched)
         first = asyncio.create_task(h.client.post("/asr", files={"audio_file": ("a.wav", fox)}))
-        await asyncio.sleep(0.2)
+        await until(lambda: scheduler.busy == 1, what="the first request holds the only place")
+        waiting.clear()
         second = asyncio.create_task(h.client.post("/asr", files={"audio_file": ("b.wav", fox)}))
         # An OpenAI client retries a 429 on its own: it gets one at once.
         refused = await h.client.post("/transcribe", files={"file": ("c.wav", fox)})
         assert refused.status_code == 429
-        await asyncio.sleep(0.3)
+        async with asyncio.timeout(10):
+            await waiting.wait()
+        # The second waits for the place the first holds (a 429 would fail it below).
         assert not second.done()
         gate.set()
         assert (await first).status_code == 200 and (await second).status_code == 200

@@ -4,7 +4,6 @@ SIGTERM, a full disk, decompression bombs, fuzzing) are in test_hardening_server
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import struct
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, AppHandle, make_settings, running_app
+from tests.conftest import ROOT, AppHandle, make_settings, running_app, until
 from tests.fakes import FakeBackend, factory
 
 if TYPE_CHECKING:
@@ -112,10 +111,7 @@ async def test_a_long_request_id_is_replaced_and_the_request_still_logged_and_sa
         given = r.headers["x-request-id"]
         assert given != long_id and len(given) == 32
         assert any(given in record.getMessage() for record in caplog.records)
-        for _ in range(100):
-            if h.app.state.store.count("pending"):
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: h.app.state.store.count("pending"), what="the sample is kept")
         [sample], _ = h.app.state.store.page()
         assert sample.request_id == given
         # A plain id of up to 64 characters is kept as the caller sent it.
@@ -174,10 +170,7 @@ async def test_samples_api_refuses_absurd_paging_and_blank_references(tmp_path: 
         r = await h.client.get("/v1/samples", params={"offset": 2**63}, headers=admin)
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameter"
         await h.client.post("/transcribe", files={"file": ("fox.wav", (speech_dir / "fox.wav").read_bytes())})
-        for _ in range(100):
-            if h.app.state.store.count("pending"):
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: h.app.state.store.count("pending"), what="the sample is kept")
         [sample], _ = h.app.state.store.page()
         for blank in ("", "   ", "\n\t "):
             r = await h.client.put(f"/v1/samples/{sample.id}/reference", json={"text": blank}, headers=admin)

@@ -21,10 +21,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import CONTAINERS, Server, serve
+from tests.conftest import CONTAINERS, Server, serve, until, wait_until
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
     from pathlib import Path
 
 pytestmark = pytest.mark.slow
@@ -32,22 +32,16 @@ pytestmark = pytest.mark.slow
 
 def metric(server: Server, name: str, labels: dict[str, str] | None = None) -> float:
     """One sample's value from the server's /metrics (0 when absent)."""
-    text = httpx.get(server.url + "/metrics", timeout=10).text
+    return sample_value(httpx.get(server.url + "/metrics", timeout=10).text, name, labels)
+
+
+def sample_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """One sample's value in a /metrics text (0 when absent)."""
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
                 return float(sample.value)
     return 0.0
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll `condition` until true; return the seconds it took. Fails after `timeout`."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def multipart(filename: str, payload: bytes, **fields: str) -> tuple[bytes, str]:
@@ -96,8 +90,9 @@ def test_clients_that_hang_up_free_their_place_and_their_worker(
 
         # C hangs up half-way through its upload: a 499, not a 500 with a traceback.
         body, content_type = multipart("fox.wav", (speech_dir / "fox.wav").read_bytes() * 20)
+        wait_until(lambda: metric(server, "asr_http_requests_in_flight") == 0, 5, "A and B are answered")
         cut = open_request(server.port, body, content_type, send=len(body) // 3)
-        time.sleep(0.3)
+        wait_until(lambda: metric(server, "asr_http_requests_in_flight") == 1, 5, "the server reads C's upload")
         cut.close()
         wait_until(lambda: metric(server, "asr_requests_rejected_total", gone) == 3, 5, "the mid-upload hang-up counts")
         r = httpx.post(server.url + "/transcribe", files={"file": ("fox.wav", (speech_dir / "fox.wav").read_bytes())})
@@ -119,17 +114,32 @@ def test_sigterm_drains_readiness_first_and_answers_everyone_in_json(
 
     async def traffic(server: Server) -> tuple[list[httpx.Response], dict[str, httpx.Response], float]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+
+            async def past(count: int, *stages: str) -> bool:
+                """Whether `count` requests are answered or in the gauges `stages` (running, queued, decoding)."""
+                text = (await client.get("/metrics")).text
+                answered = sample_value(text, "asr_http_requests_total", {"route": "/transcribe", "status": "200"})
+                return answered + sum(sample_value(text, stage) for stage in stages) >= count
+
+            admitted = ("asr_workers_busy", "asr_queue_depth", "asr_decodes_in_flight")
             first = asyncio.create_task(client.post("/transcribe", files={"file": ("a.wav", fox)}))
-            await asyncio.sleep(0.1)
+            # The first is on the worker (or done) before the others are sent: it is ahead of them.
+            await until(lambda: past(1, "asr_workers_busy"), 30, "the first request runs", interval=0.05)
             long = asyncio.create_task(client.post("/transcribe", files={"file": ("b.mp3", long_speech.read_bytes())}))
-            await asyncio.sleep(0.1)
             last = asyncio.create_task(client.post("/transcribe", files={"file": ("c.mp3", long_speech.read_bytes())}))
-            await asyncio.sleep(0.3)
+            # All three are in the service's hands before the signal, so the drain has work to wait for.
+            await until(lambda: past(3, *admitted), 30, "the three requests admitted", interval=0.05)
             os.kill(server.process.pid, signal.SIGTERM)
             signalled = time.monotonic()
-            await asyncio.sleep(0.2)
+            ready: list[httpx.Response] = []
+
+            async def readiness_drained() -> bool:
+                ready.append(await client.get("/readyz"))
+                return ready[-1].status_code != 200
+
+            await until(readiness_drained, 5, "readiness turns 503 after SIGTERM", interval=0.05)
             during = {
-                "ready": await client.get("/readyz"),
+                "ready": ready[-1],
                 "health": await client.get("/healthz"),
                 "new": await client.post("/transcribe", files={"file": ("d.wav", fox)}),
             }

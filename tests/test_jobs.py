@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import AppHandle, make_settings, running_app
+from tests.conftest import AppHandle, make_settings, running_app, until
 from tests.fakes import FakeBackend, factory
 
 if TYPE_CHECKING:
@@ -120,8 +120,8 @@ async def test_a_job_runs_in_windows_and_its_result_comes_in_every_format(
         assert h.sample("asr_webhook_deliveries_total", {"outcome": "retried"}) == 1
         assert h.sample("asr_webhook_deliveries_total", {"outcome": "delivered"}) == 1
         assert h.sample("asr_job_duration_seconds_count") == 1
-        await asyncio.sleep(1.2)  # the runner refreshes the job gauges each second
-        assert h.sample("asr_jobs", {"state": "succeeded"}) == 1
+        # The runner refreshes the job gauges each second.
+        await until(lambda: h.sample("asr_jobs", {"state": "succeeded"}) == 1, what="the succeeded job counted")
         # Windows ran at batch priority: they are not anyone's answer latency.
         assert h.sample("asr_request_realtime_factor_count", {"backend": "fake", "model": "fake-model"}) == 0
         # A finished job is deleted on DELETE.
@@ -137,7 +137,9 @@ async def test_a_running_job_can_be_cancelled(tmp_path: Path, two_minutes: bytes
         r = await h.client.delete(f"/v1/jobs/{job['id']}")
         assert r.status_code == 200 and r.json()["status"] == "cancelled"
         calls = len(backend.calls)
-        await asyncio.sleep(1.5)
+        # Once the runner has let go of the job, no window of it can start any more; a job that
+        # was not stopped would run its remaining windows (a second each) first.
+        await until(lambda: job["id"] not in h.app.state.jobs._running, what="the runner lets go of the job")
         assert len(backend.calls) <= calls + 1  # at most the window under way
         assert (await h.client.get(f"/v1/jobs/{job['id']}/result")).status_code == 409
 

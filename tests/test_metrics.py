@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from deploy.local_stack import free_port
 from service.audio import load_file
 from service.metrics import LATENCY_BUCKETS, QUEUE_WAIT_BUCKETS, RTF_BUCKETS
-from tests.conftest import make_settings, running_app
+from tests.conftest import make_settings, running_app, until
 from tests.fakes import FakeBackend, factory
 
 pytestmark = pytest.mark.anyio
@@ -117,10 +117,7 @@ async def test_queue_full_lands_in_its_reason(tmp_path: Path, speech_dir: Path) 
     async with running_app(settings, factory(FakeBackend(gate=gate))) as h:
         upload = {"file": ("fox.wav", (speech_dir / "fox.wav").read_bytes())}
         first = asyncio.create_task(h.client.post("/transcribe", files=upload))
-        for _ in range(100):
-            if h.sample("asr_workers_busy"):
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: h.sample("asr_workers_busy"), what="the first request runs")
         r = await h.client.post("/transcribe", files=upload)
         gate.set()
         assert (await first).status_code == 200

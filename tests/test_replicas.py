@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -16,8 +15,8 @@ import jiwer
 import pytest
 
 from service.quality.scoring import basic_normalize
-from tests.conftest import SENTENCES, serve
-from tests.test_hardening_server import metric, wait_until
+from tests.conftest import SENTENCES, Server, serve, wait_until
+from tests.test_hardening_server import metric
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -26,6 +25,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.slow
 ADMIN = {"Authorization": "Bearer adm1n"}
+LAST_RUN = "asr_quality_job_last_success_timestamp_seconds"  # set as each scoring run that held the lock ends
 
 
 def _env(url: str, shared: Path) -> dict[str, str]:
@@ -51,6 +51,14 @@ def _samples(url: str, status: str | None = None) -> list[dict[str, Any]]:
         "items"
     ]
     return items
+
+
+def _a_whole_scoring_run(server: Server) -> None:
+    """Wait until `server` has finished a scoring run that began after this call."""
+    before = metric(server, LAST_RUN)
+    wait_until(lambda: metric(server, LAST_RUN) > before, 30, "the scoring run under way ends")
+    ended = metric(server, LAST_RUN)
+    wait_until(lambda: metric(server, LAST_RUN) > ended, 30, "a scoring run begins and ends after it")
 
 
 def test_two_replicas_share_samples_scoring_and_jobs(
@@ -90,7 +98,8 @@ def test_two_replicas_share_samples_scoring_and_jobs(
         # Both replicas' scoring jobs run; the advisory lock lets one at a time, and each
         # sample is scored once: the replicas' counters add up to the store's figures.
         wait_until(lambda: len(_samples(a.url, "scored")) == len(names), 30, "every sample scored")
-        time.sleep(1.5)  # a few more runs of both jobs, which must find nothing more to score
+        for server in (a, b):  # each job runs again over the scored store: it must find nothing more
+            _a_whole_scoring_run(server)
         scored = sum(metric(s, "asr_quality_scored_samples_total", {"language": "en"}) for s in (a, b))
         errors = sum(metric(s, "asr_quality_word_errors_total", {"language": "en"}) for s in (a, b))
         words = sum(metric(s, "asr_quality_reference_words_total", {"language": "en"}) for s in (a, b))

@@ -14,6 +14,7 @@ from service.cancellation import CLIENT_DISCONNECTED, SHUTTING_DOWN, CancelToken
 from service.errors import ClientGoneError, QueueFullError, RequestTimeoutError, ShuttingDownError
 from service.metrics import Metrics
 from service.scheduler import Preempted, Priority, Scheduler
+from tests.conftest import until
 
 pytestmark = pytest.mark.anyio
 
@@ -84,7 +85,7 @@ async def test_a_full_queue_refuses_at_once_with_retry_after() -> None:
     try:
         first = asyncio.create_task(submit(scheduler, lambda cancel: gate.wait(5)))
         second = asyncio.create_task(submit(scheduler, lambda cancel: gate.wait(5)))
-        await asyncio.sleep(0.05)
+        await until(lambda: scheduler.busy == 1 and scheduler.depth == 1, what="one job runs, one waits")
         assert not scheduler.has_room()
         assert metrics.registry.get_sample_value("asr_queue_depth") == 1
         assert metrics.registry.get_sample_value("asr_workers_busy") == 1
@@ -124,7 +125,7 @@ async def test_a_job_timed_out_in_the_queue_never_runs() -> None:
     ran = threading.Event()
     try:
         blocker = asyncio.create_task(submit(scheduler, lambda cancel: gate.wait(5)))
-        await asyncio.sleep(0.02)
+        await until(lambda: scheduler.busy == 1, what="the blocker runs")
         with pytest.raises(RequestTimeoutError):
             await submit(scheduler, lambda cancel: ran.set(), time_limit=0.1)
         gate.set()
@@ -143,12 +144,11 @@ async def test_a_cancelled_token_answers_with_its_reason_at_once() -> None:
     ran = threading.Event()
     try:
         blocker = asyncio.create_task(submit(scheduler, lambda cancel: gate.wait(5)))
-        await asyncio.sleep(0.02)
+        await until(lambda: scheduler.busy == 1, what="the blocker runs")
         for reason, error in ((CLIENT_DISCONNECTED, ClientGoneError), (SHUTTING_DOWN, ShuttingDownError)):
             token = CancelToken()
             waiting = asyncio.create_task(submit(scheduler, lambda cancel: ran.set(), token=token))
-            await asyncio.sleep(0.02)
-            assert scheduler.depth == 1
+            await until(lambda: scheduler.depth == 1, what="the request queues")
             token.cancel(reason)
             with pytest.raises(error):
                 await asyncio.wait_for(waiting, 1)
@@ -181,6 +181,7 @@ async def test_interactive_work_goes_first_and_jobs_leave_a_worker_free() -> Non
     order: list[str] = []
     running = {"batch": 0, "peak": 0}
     lock = threading.Lock()
+    release = threading.Event()  # windows run until the request has had its chance
 
     def window(name: str) -> Any:
         def job(cancel: threading.Event) -> None:
@@ -188,7 +189,7 @@ async def test_interactive_work_goes_first_and_jobs_leave_a_worker_free() -> Non
                 running["batch"] += 1
                 running["peak"] = max(running["peak"], running["batch"])
                 order.append(name)
-            time.sleep(0.1)
+            release.wait(5)
             with lock:
                 running["batch"] -= 1
 
@@ -197,10 +198,14 @@ async def test_interactive_work_goes_first_and_jobs_leave_a_worker_free() -> Non
     try:
         await submit(scheduler, lambda cancel: None)  # requests are arriving
         windows = [asyncio.create_task(submit(scheduler, window(f"w{i}"), None, Priority.BATCH)) for i in range(3)]
-        await asyncio.sleep(0.03)
+        # The three enqueue together, so once w0 runs, w1 and w2 wait behind it.
+        await until(lambda: "w0" in order, what="the first window runs")
         request = asyncio.create_task(submit(scheduler, lambda cancel: order.append("request")))
+        await until(lambda: "request" in order, what="the request runs while w0 holds a worker")
+        release.set()
         await asyncio.gather(*windows, request)
     finally:
+        release.set()
         await scheduler.stop()
     assert running["peak"] == 1
     # The request started at once on the free worker, before the queued windows w1 and w2.
@@ -211,9 +216,25 @@ async def test_on_a_quiet_service_jobs_use_every_worker() -> None:
     scheduler = await started(Scheduler(workers=2, queue_size=4, metrics=Metrics(CollectorRegistry())))
     running: list[int] = []
     peak = [0]
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def window(cancel: threading.Event) -> None:
+        with lock:
+            running.append(1)
+            peak[0] = max(peak[0], len(running))
+        release.wait(5)
+        with lock:
+            running.pop()
+
     try:
-        await asyncio.gather(*(submit(scheduler, _sleeper(0.1, running, peak), None, Priority.BATCH) for _ in range(4)))
+        windows = [asyncio.create_task(submit(scheduler, window, None, Priority.BATCH)) for _ in range(4)]
+        # Windows hold their workers until both are seen busy: no luck with timing needed.
+        await until(lambda: scheduler.busy == 2, what="job windows on both workers")
+        release.set()
+        await asyncio.gather(*windows)
     finally:
+        release.set()
         await scheduler.stop()
     assert peak[0] == 2
 
@@ -226,13 +247,15 @@ async def test_jobs_get_their_share_of_turns_under_steady_requests() -> None:
     gate = threading.Event()
     try:
         blocker = asyncio.create_task(submit(scheduler, lambda cancel: gate.wait(5)))
-        await asyncio.sleep(0.02)
+        await until(lambda: scheduler.busy == 1, what="the blocker runs")
         tasks = [
             asyncio.create_task(submit(scheduler, lambda cancel, i=i: order.append(f"job{i}"), None, Priority.BATCH))
             for i in range(2)
         ]
         tasks += [asyncio.create_task(submit(scheduler, lambda cancel, i=i: order.append(f"r{i}"))) for i in range(12)]
-        await asyncio.sleep(0.02)
+        # The tasks enqueue in the order they were made: all twelve requests waiting means both
+        # job windows wait ahead of them.
+        await until(lambda: scheduler.depth == 12, what="everything queues behind the blocker")
         gate.set()
         await asyncio.gather(blocker, *tasks)
     finally:
@@ -252,13 +275,12 @@ async def test_idle_work_runs_only_when_nothing_waits_and_gives_way() -> None:
 
     try:
         idle = asyncio.create_task(submit(scheduler, background, None, Priority.IDLE))
-        await asyncio.sleep(0.05)
-        assert scheduler.busy == 1
+        await until(lambda: scheduler.busy == 1, what="the idle work runs")
         started_at = time.monotonic()
         assert await submit(scheduler, lambda cancel: "request") == "request"
         assert time.monotonic() - started_at < 1.0
         with pytest.raises(Preempted):
             await idle
-        assert stopped.wait(1)
+        assert stopped.wait(5), "the idle work was not told to stop"
     finally:
         await scheduler.stop()
