@@ -94,6 +94,7 @@ def create_app(
         await pipeline.start()
         if drain_on_signals:
             lifecycle.install_signal_handlers()
+        await asyncio.to_thread(runner.refresh_gauges)
         tasks = [asyncio.create_task(runner.run_forever(), name="jobs")]
         if job is not None:
             metrics.quality_enabled.set(1)

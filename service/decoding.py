@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from service.audio import DecodedAudio, decode_audio, decode_pcm
 from service.backends.base import Cancelled
+from service.cancellation import SHUTTING_DOWN
 from service.errors import error_for_cancellation
 
 if TYPE_CHECKING:
@@ -64,6 +65,12 @@ class DecodePool:
         try:
             waits: list[asyncio.Future[Any]] = [future, stop]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # The caller went away (its task was cancelled at shutdown): the thread stops at its
+            # next frame, and what it still returns or raises is collected, never left behind.
+            token.cancel(SHUTTING_DOWN)
+            future.add_done_callback(_close_late_result)
+            raise
         finally:
             stop.cancel()
         if future.done() and not token.cancelled:

@@ -121,6 +121,10 @@ class JobRunner:
             await asyncio.to_thread(self.store.sweep, self.settings.jobs.retention_hours * 3600)
         await asyncio.to_thread(self._refresh_gauges)
 
+    def refresh_gauges(self) -> None:
+        """Set asr_jobs from the job table (at startup, so the series exist from the first scrape)."""
+        self._refresh_gauges()
+
     def _refresh_gauges(self) -> None:
         counts = self.store.counts()
         for state in JOB_STATES:
