@@ -53,8 +53,10 @@ $(VENV)/.python:
 	$(PYTHON) -m venv $(VENV)
 	touch $@
 
+# The core install, as a user's `pip install .`: tests/test_install_paths.py runs this very recipe in a
+# fresh venv and serves from it, so `make run` stays a tested path.
 $(VENV)/.core: $(VENV)/.python pyproject.toml
-	$(PIP) install -e .
+	$(PIP) install .
 	touch $@
 
 $(VENV)/.full: $(VENV)/.core pyproject.toml

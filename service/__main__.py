@@ -7,6 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from service import cli
+from service.errors import MissingExtraError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -58,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.run(args)
+    try:
+        code: int = args.run(args)
+    except MissingExtraError as exc:  # a configuration that needs an extra: one line naming it, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

@@ -23,6 +23,8 @@ import zlib
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from service.errors import MissingExtraError
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
     from pathlib import Path
@@ -122,8 +124,14 @@ class PostgresDatabase(Database):
 
     def __init__(self, url: str, pool_size: int = 8, timeout: float = 30.0) -> None:
         # Imported here: psycopg is the `postgres` extra, needed only by those who set a URL.
-        from psycopg.rows import dict_row
-        from psycopg_pool import ConnectionPool
+        try:
+            from psycopg.rows import dict_row
+            from psycopg_pool import ConnectionPool
+        except ModuleNotFoundError as exc:
+            raise MissingExtraError(
+                f"ASR_DATABASE_URL is set, which needs the optional dependency {exc.name!r}: "
+                "pip install 'asr-service[postgres]'"
+            ) from exc
 
         self._pool = ConnectionPool(
             url,

@@ -215,5 +215,6 @@ class ModelLoadError(Exception):
     """The configured model cannot be found or loaded; carries a message an operator can act on."""
 
 
-class MissingExtraError(ModelLoadError):
-    """The chosen engine's optional dependencies are not installed."""
+class MissingExtraError(Exception):
+    """An optional extra that the configuration chose is not installed: an engine's (ASR_BACKEND)
+    or the shared database's (ASR_DATABASE_URL). The message names the extra to install."""

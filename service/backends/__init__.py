@@ -63,7 +63,7 @@ def model_label(settings: Settings) -> str:
 def load_backend(settings: Settings) -> Backend:
     """Import the configured engine and load its model.
 
-    Raises ModelLoadError (MissingExtraError when the engine's extra is not installed).
+    Raises ModelLoadError, or MissingExtraError when the engine's extra is not installed.
     """
     name = settings.model.backend
     entry = ENGINES.get(name)
@@ -71,12 +71,13 @@ def load_backend(settings: Settings) -> Backend:
         raise ModelLoadError(f"unknown backend {name!r}; choose one of: {', '.join(ENGINES)}")
     try:
         module = importlib.import_module(entry.module)
+        # The optional engines import their extra's libraries when built (their modules import
+        # without them), so a missing one surfaces from the factory.
+        backend: Backend = getattr(module, entry.factory)(settings)
     except ModuleNotFoundError as exc:
         if entry.extra is None or (exc.name or "").startswith("service"):
             raise
         raise MissingExtraError(
             f"backend {name!r} needs the optional dependency {exc.name!r}: pip install 'asr-service[{entry.extra}]'"
         ) from exc
-    factory = getattr(module, entry.factory)
-    backend: Backend = factory(settings)
     return backend

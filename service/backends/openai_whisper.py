@@ -14,10 +14,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-import whisper
-from whisper.tokenizer import LANGUAGES
-
 from service.backends import model_label
 from service.backends.base import Capabilities, Segment, TranscribeOptions, Transcript, Word
 from service.embedded_model import is_embedded
@@ -40,6 +36,13 @@ class OpenAIWhisperBackend:
     name = "openai-whisper"
 
     def __init__(self, settings: Settings) -> None:
+        # torch and whisper are the `openai-whisper` extra: imported when the engine is built, not
+        # with this module, so that every module imports with the core install and load_backend
+        # names the extra to install.
+        import torch  # noqa: F401  # first, so that a missing extra is named by its heaviest part
+        import whisper
+        from whisper.tokenizer import LANGUAGES
+
         ms = settings.model
         self.device = resolve_device(ms.device, "torch")
         self._fp16 = self.device == "cuda"
@@ -71,6 +74,8 @@ class OpenAIWhisperBackend:
 
     def _detect(self, audio: npt.NDArray[np.float32]) -> tuple[str, float]:
         """Language and its probability from the first 30 s (what transcribe would detect)."""
+        import whisper
+
         if not self._model.is_multilingual:
             return "en", 1.0
         mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio), n_mels=self._model.dims.n_mels)
@@ -85,6 +90,8 @@ class OpenAIWhisperBackend:
         cancel: threading.Event | None = None,
         on_segment: Callable[[Segment], None] | None = None,
     ) -> Transcript:
+        import whisper
+
         # openai-whisper has no per-segment hook: segments are passed on once the call returns.
         language, probability = (options.language, 1.0) if options.language else self._detect(audio)
         kwargs: dict[str, Any] = {
@@ -134,6 +141,8 @@ class OpenAIWhisperBackend:
         return self._detect(audio)
 
     def close(self) -> None:
+        import torch
+
         del self._model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

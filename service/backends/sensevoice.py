@@ -19,10 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from faster_whisper.vad import VadOptions, get_speech_timestamps
-from funasr import AutoModel
-from funasr.utils.postprocess_utils import rich_transcription_postprocess
 
 from service.backends import model_label
 from service.backends.base import SAMPLE_RATE, Cancelled, Capabilities, Segment, TranscribeOptions, Transcript
@@ -56,6 +53,11 @@ class SenseVoiceBackend:
     name = "sensevoice"
 
     def __init__(self, settings: Settings) -> None:
+        # FunASR and torch are the `sensevoice` extra: imported when the engine is built, not with
+        # this module, so that every module imports with the core install and load_backend names
+        # the extra to install.
+        from funasr import AutoModel
+
         self._sv = settings.sensevoice
         ms = settings.model
         self.device = _device(ms.device)
@@ -170,6 +172,8 @@ class SenseVoiceBackend:
         return transcript.language, transcript.language_probability
 
     def close(self) -> None:
+        import torch
+
         self._auto = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -209,6 +213,8 @@ def _batches(spans: list[tuple[int, int]], seconds: float) -> list[list[tuple[in
 
 def _segment(index: int, start: float, end: float, pieces: list[RichPiece], raw: str) -> Segment | None:
     """One segment from the pieces SenseVoice decoded for a stretch of audio (None if empty)."""
+    from funasr.utils.postprocess_utils import rich_transcription_postprocess
+
     if not pieces:
         return None
     emotions = Counter(p.emotion for p in pieces if p.emotion)
