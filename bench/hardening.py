@@ -45,14 +45,15 @@ def silence_bomb(folder: Path) -> Path:
 
 
 @contextlib.contextmanager
-def service(checkout: Path) -> Iterator[str]:
+def service(checkout: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`python -m service serve` from `checkout` on a free port, with ENV and `env`; yields its URL."""
     from bench.run_all import _free_port
 
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve"],
         cwd=checkout,
-        env={**os.environ, **ENV, "ASR_PORT": str(port), "PYTHONPATH": str(checkout)},
+        env={**os.environ, **ENV, **(env or {}), "ASR_PORT": str(port), "PYTHONPATH": str(checkout)},
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -24,6 +24,7 @@ from service.api.common import FORM_OVERHEAD_BYTES, UPLOAD_ROUTES, describe_vali
 from service.backends import load_backend
 from service.body_limit import BodyLimitMiddleware
 from service.config import Settings
+from service.connections import ConnectionGuard
 from service.database import open_shared
 from service.errors import ServiceError
 from service.gpu import GpuCollector
@@ -69,7 +70,8 @@ def create_app(
 ) -> FastAPI:
     """Build the service. `backend_factory` replaces the engine (tests); `restore_counters`
     defaults to True except in multiprocess mode, where `serve` restores them once;
-    `drain_on_signals` (set by `serve`) drains on SIGTERM before the server stops."""
+    `drain_on_signals` (set by `serve`) drains on SIGTERM before the server stops and takes over the
+    event loop's accept errors (service.connections)."""
     settings = settings or Settings()
     configure_logging(settings.server)
     metrics = metrics or Metrics()
@@ -83,6 +85,7 @@ def create_app(
     )
     job = QualityJob(store, metrics, quality.normalizer) if store else None
     lifecycle = Lifecycle(settings.server.shutdown_grace_seconds)
+    connections = ConnectionGuard(settings.server, metrics)  # read by serve's protocol (GuardedHttpProtocol)
     pipeline = build_pipeline(settings, metrics, backend_factory, store, lifecycle)
     runner = JobRunner(JobStore(settings.jobs.dir, shared), pipeline, settings, metrics)
     shadow = _shadow_scorer(settings, store, pipeline, metrics)
@@ -94,6 +97,7 @@ def create_app(
         await pipeline.start()
         if drain_on_signals:
             lifecycle.install_signal_handlers()
+            connections.install(asyncio.get_running_loop())
         await asyncio.to_thread(runner.refresh_gauges)
         tasks = [asyncio.create_task(runner.run_forever(), name="jobs")]
         if job is not None:
@@ -135,6 +139,7 @@ def create_app(
     app.state.shadow = shadow
     app.state.jobs = runner
     app.state.streams = StreamHub(settings.streams.max_streams, metrics, lifecycle)
+    app.state.connections = connections
     app.state.model_aliases_seen = set()  # model names clients asked for, logged once each
 
     app.include_router(health.router)

@@ -36,6 +36,7 @@ AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".webm", ".m
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.connections import listen_backlog, raise_fd_limit
     from service.logs import configure_logging
 
     base = Settings()
@@ -44,11 +45,16 @@ def serve(args: argparse.Namespace) -> int:
     )
     settings = base.model_copy(update={"server": server})
     configure_logging(settings.server)
+    raise_fd_limit()  # before the guard sizes its connection cap from the limit
     common: dict[str, Any] = {
         "host": server.host,
         "port": server.port,
         "log_config": None,
         "access_log": False,  # the service logs one line per request itself
+        # uvicorn's httptools protocol with a connection cap and a request-head deadline.
+        "http": "service.connections:GuardedHttpProtocol",
+        "backlog": listen_backlog(server),
+        "timeout_keep_alive": server.keepalive_seconds,
         "ws": "websockets-sansio",  # the Realtime WebSocket, on websockets' current (non-legacy) API
         # The app drains first (ASR_SHUTDOWN_GRACE_SECONDS, service.lifecycle); by the time uvicorn
         # shuts down only the answers to unfinished requests are left to send.

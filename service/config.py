@@ -111,6 +111,12 @@ class SchedulerSettings(BaseSettings):
         "(shared among ASR_PROCESSES), or 1 on a GPU, which batches instead.",
     )
     queue_size: int = Field(16, ge=0, le=10_000, description="Requests that may wait for a worker (429 beyond).")
+    interactive_order: Literal["fair", "arrival"] = Field(
+        "fair",
+        description="Which waiting request a free worker takes: `fair`, the highest response ratio (time waited "
+        "plus expected time, over expected time: short requests pass long ones, long ones are not starved); "
+        "`arrival`, first come first served.",
+    )
     queue_wait_seconds: float = Field(
         0.0,
         ge=0,
@@ -154,6 +160,21 @@ class ServerSettings(BaseSettings):
         description="On SIGTERM, how long requests already admitted may run on (readiness turns 503 at once); "
         "what is left then is answered 503.",
     )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Open connections per process at most (HTTP and WebSocket); one more is answered 503 and "
+        "closed. Never more than the file-descriptor limit leaves room for (64 are kept for files).",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="A connection must send its whole request head within this long of opening (or of its next "
+        "request's first byte), else it is closed.",
+    )
+    keepalive_seconds: int = Field(5, ge=1, le=300, description="An idle kept-alive connection is closed after this.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
     log_file: Path | None = Field(None, description="Also append logs to this file.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")

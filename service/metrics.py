@@ -87,6 +87,7 @@ WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
 JOB_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0)
 SKIP_REASONS = ("missing_audio", "damaged_audio", "missing_record")
 UNMATCHED_ROUTE = "<unmatched>"
+CONNECTION_CLOSE_REASONS = ("connection_limit", "evicted_idle", "header_timeout")
 
 _MODEL_LABELS = ("backend", "model")
 _LANG_LABELS = ("backend", "model", "language")
@@ -123,6 +124,19 @@ class Metrics:
             "Requests being served now (health and metrics excluded).",
             registry=r,
             multiprocess_mode="livesum",
+        )
+        self.connections_closed = Counter(
+            "asr_connections_closed",
+            "Connections the server closed before a request: connection_limit (ASR_MAX_CONNECTIONS reached, all "
+            "busy), evicted_idle (the oldest still without a request head, to make room), header_timeout (no "
+            "whole request head within ASR_HEADER_TIMEOUT_SECONDS).",
+            ["reason"],
+            registry=r,
+        )
+        self.accept_errors = Counter(
+            "asr_accept_errors",
+            "Connections the server could not accept (out of file descriptors or memory).",
+            registry=r,
         )
         self.rejected = Counter(
             "asr_requests_rejected",
@@ -446,6 +460,8 @@ class Metrics:
 
         for reason in REJECTION_REASONS:
             self.rejected.labels(reason)
+        for reason in CONNECTION_CLOSE_REASONS:
+            self.connections_closed.labels(reason)
         for kind in HALLUCINATION_KINDS:
             self.hallucinations.labels(kind)
         for reason in SKIP_REASONS:

@@ -318,7 +318,11 @@ class Pipeline:
 
         try:
             return await self._scheduler.run(
-                job, token=work.token, priority=work.priority, time_limit=self.timeout_for(audio.duration)
+                job,
+                token=work.token,
+                priority=work.priority,
+                time_limit=self.timeout_for(audio.duration),
+                cost=audio.duration,
             )
         except (ServiceError, Preempted):  # queue full, timeout, client gone: already the answer
             raise
@@ -433,7 +437,12 @@ def build_pipeline(
         settings,
         metrics,
         Engine(settings, metrics, backend_factory),
-        Scheduler(worker_count(settings, on_gpu(settings)), settings.scheduler.queue_size, metrics),
+        Scheduler(
+            worker_count(settings, on_gpu(settings)),
+            settings.scheduler.queue_size,
+            metrics,
+            order=settings.scheduler.interactive_order,
+        ),
         DecodePool(
             decode_workers(settings),
             settings.limits.max_audio_seconds,

@@ -7,7 +7,9 @@ Priorities (lower runs first), and what keeps each class from crowding out the o
 - INTERACTIVE: a client waits on the line (file requests, a live stream's finished turn). These
   hold an admission ticket from decoding to the answer; `workers + queue_size` tickets exist, and
   when none is free the request is refused at once (429 with a Retry-After estimated from recent
-  service times). Decoding counts: a request being decoded holds its ticket.
+  service times). Decoding counts: a request being decoded holds its ticket. Waiting requests go
+  by highest response ratio (ASR_INTERACTIVE_ORDER=fair): short ones pass long ones, and a long one
+  gains with every second it waits; `arrival` keeps first come, first served.
 - STREAM: live partial hypotheses; they hold at most `workers - 1` workers (1 with one worker).
 - BATCH: job windows; at most `workers - 1` workers while requests keep arriving (any in the last
   minute), every worker once they have stopped, and, so that jobs are not starved under a steady
@@ -30,7 +32,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from service.cancellation import PREEMPTED, SHUTTING_DOWN, TIMEOUT, CancelToken
 from service.errors import QueueFullError, error_for_cancellation
@@ -63,6 +65,7 @@ class _Job(Generic[T]):
     future: asyncio.Future[T]
     token: CancelToken
     priority: Priority
+    cost: float | None = None  # seconds of audio, when known: what the job will take, roughly
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -87,10 +90,18 @@ class Ticket:
 class Scheduler:
     """Run blocking jobs on `workers` threads, by priority, behind `queue_size` waiting places."""
 
-    def __init__(self, workers: int, queue_size: int, metrics: Metrics, batch_share: float = 0.25) -> None:
+    def __init__(
+        self,
+        workers: int,
+        queue_size: int,
+        metrics: Metrics,
+        batch_share: float = 0.25,
+        order: Literal["fair", "arrival"] = "fair",
+    ) -> None:
         self.workers = workers
         self.queue_size = queue_size
         self.batch_share = batch_share
+        self.order = order
         self._metrics = metrics
         self._waiting: dict[Priority, deque[_Job[Any]]] = {p: deque() for p in Priority}
         self._running: dict[Priority, int] = dict.fromkeys(Priority, 0)
@@ -104,6 +115,8 @@ class Scheduler:
         self._tasks: list[asyncio.Task[None]] = []
         # Exponentially weighted mean interactive service time, for Retry-After.
         self._mean_service = 5.0
+        # ... and engine seconds per audio second, for the expected time of a waiting request.
+        self._mean_rtf = 0.2
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -202,8 +215,10 @@ class Scheduler:
         token: CancelToken,
         priority: Priority = Priority.INTERACTIVE,
         time_limit: float | None = None,
+        cost: float | None = None,
     ) -> T:
-        """Run `fn(cancel_event)` on a worker and return its result.
+        """Run `fn(cancel_event)` on a worker and return its result. `cost` is the audio's length in
+        seconds when known: waiting requests are ordered by it (service.scheduler, "fair").
 
         Raises the answer for a cancelled token (RequestTimeoutError past `time_limit` seconds,
         queue wait included; ClientGoneError; ShuttingDownError), Preempted for IDLE work that
@@ -211,7 +226,7 @@ class Scheduler:
         """
         assert self._changed is not None, "scheduler not started"
         loop = asyncio.get_running_loop()
-        job: _Job[T] = _Job(fn, loop.create_future(), token, priority)
+        job: _Job[T] = _Job(fn, loop.create_future(), token, priority, cost)
         timer = loop.call_later(time_limit, token.cancel, TIMEOUT) if time_limit is not None else None
         async with self._changed:
             self._waiting[priority].append(job)
@@ -281,9 +296,32 @@ class Scheduler:
             if self._batch_credit >= 1.0:
                 self._batch_credit -= 1.0
                 chosen = Priority.BATCH
-        job = self._waiting[chosen].popleft()
+        queue = self._waiting[chosen]
+        job = self._most_urgent(queue) if chosen == Priority.INTERACTIVE and self.order == "fair" else queue[0]
+        queue.remove(job)
         self._gauge_depth()
         return job
+
+    def _most_urgent(self, queue: deque[_Job[Any]]) -> _Job[Any]:
+        """The waiting request with the highest response ratio, (waited + expected) / expected.
+
+        Arrival order put a 0.65 s clip behind three long uploads for 20.6 s. Highest response ratio
+        next lets a short request pass long ones that arrived a little earlier (its ratio grows
+        fastest), while a long one's ratio grows with every second it waits, so it is never starved.
+        """
+        now = time.monotonic()
+
+        def ratio(job: _Job[Any]) -> float:
+            expected = self._expected_seconds(job)
+            return (now - job.enqueued + expected) / expected
+
+        return max(queue, key=ratio)
+
+    def _expected_seconds(self, job: _Job[Any]) -> float:
+        if job.cost is None:
+            return max(self._mean_service, 0.1)
+        # A floor for fixed costs (feature extraction, the first decoder steps) of tiny clips.
+        return max(job.cost * self._mean_rtf, 0.1)
 
     async def _next(self) -> _Job[Any]:
         assert self._changed is not None
@@ -321,5 +359,8 @@ class Scheduler:
                     job.future.set_result(result)
             finally:
                 if job.priority == Priority.INTERACTIVE:
-                    self._mean_service = 0.8 * self._mean_service + 0.2 * (time.monotonic() - started)
+                    took = time.monotonic() - started
+                    self._mean_service = 0.8 * self._mean_service + 0.2 * took
+                    if job.cost:
+                        self._mean_rtf = 0.8 * self._mean_rtf + 0.2 * took / job.cost
                 await self._done(job)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -232,8 +233,10 @@ def serve(
     ready_timeout: float = 120.0,
     args: tuple[str, ...] = (),
     port: int | None = None,
+    fd_limit: int | None = None,
 ) -> Iterator[Server]:
-    """Run `python -m service serve` on a loopback port (a free one by default) until the block ends."""
+    """Run `python -m service serve` on a loopback port (a free one by default) until the block ends;
+    `fd_limit` caps its open files (RLIMIT_NOFILE, soft and hard), as a small container would."""
     port = port or free_port()
     log_path = tmp_path / f"server-{port}.log"
     full_env = {
@@ -255,6 +258,7 @@ def serve(
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             start_new_session=True,
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))) if fd_limit else None,
         )
     server = Server(f"http://127.0.0.1:{port}", port, process, log_path)
     try:

@@ -284,3 +284,45 @@ async def test_idle_work_runs_only_when_nothing_waits_and_gives_way() -> None:
         assert stopped.wait(5), "the idle work was not told to stop"
     finally:
         await scheduler.stop()
+
+
+async def _order_of_waiting(order: str, costs: list[float], waited_before: float = 0.0) -> list[float]:
+    """Hold the one worker, queue jobs of `costs` audio seconds in that order, free the worker;
+    return the costs in the order the jobs ran. `waited_before` ages the first job that long."""
+    scheduler = await started(Scheduler(workers=1, queue_size=8, metrics=Metrics(CollectorRegistry()), order=order))  # type: ignore[arg-type]
+    hold, ran = threading.Event(), []
+
+    def holder(cancel: threading.Event) -> None:
+        hold.wait(10)
+
+    def worker(cost: float) -> Any:
+        return lambda cancel: ran.append(cost)
+
+    try:
+        first = asyncio.ensure_future(scheduler.run(holder, token=CancelToken()))
+        await until(lambda: scheduler.busy == 1, what="the worker is held")
+        tasks = []
+        for i, cost in enumerate(costs):
+            tasks.append(asyncio.ensure_future(scheduler.run(worker(cost), token=CancelToken(), cost=cost)))
+            await until(lambda n=i + 1: scheduler.depth == n, what="the job waits")
+            if i == 0 and waited_before:
+                scheduler._waiting[Priority.INTERACTIVE][0].enqueued -= waited_before  # white-box: age it
+        hold.set()
+        await asyncio.gather(first, *tasks)
+    finally:
+        await scheduler.stop()
+    return ran
+
+
+async def test_a_short_request_passes_long_ones_that_wait() -> None:
+    # Three long uploads wait for the worker, then a 0.65 s clip arrives: it goes first, then the
+    # long ones by how long they waited (equal lengths: arrival order).
+    assert await _order_of_waiting("fair", [60.0, 61.0, 62.0, 0.65]) == [0.65, 60.0, 61.0, 62.0]
+    # First come, first served when asked for (ASR_INTERACTIVE_ORDER=arrival).
+    assert await _order_of_waiting("arrival", [60.0, 61.0, 62.0, 0.65]) == [60.0, 61.0, 62.0, 0.65]
+
+
+async def test_a_long_request_that_waited_long_is_not_starved_by_short_ones() -> None:
+    # A 60 s upload (about 12 s of work at the starting estimate of 0.2 s per audio second) that
+    # has waited 10 minutes has a response ratio of about 51; a fresh 2 s clip's is 1.
+    assert await _order_of_waiting("fair", [60.0, 2.0], waited_before=600.0) == [60.0, 2.0]
