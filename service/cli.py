@@ -62,6 +62,10 @@ def serve(args: argparse.Namespace) -> int:
             start_metrics_server(app.state.metrics, server)
         uvicorn.run(app, **common)
         return 0
+    # Checked here too: a worker that fails on it would print a traceback per process, not one line.
+    from service.keys import KeyLimits, KeyRing
+
+    KeyRing(server.api_key, server.api_keys, KeyLimits.of(settings.keys))
     _prepare_multiprocess(settings)
     uvicorn.run("service.app:serve_app", factory=True, workers=server.processes, **common)
     return 0

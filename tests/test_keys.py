@@ -87,9 +87,11 @@ def test_a_bad_keys_file_is_refused_saying_what_is_wrong(tmp_path: Path, text: s
         KeyRing(None, path, KeyLimits())
 
 
-def test_the_service_does_not_start_with_a_broken_or_missing_keys_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_the_service_does_not_start_with_a_missing_keys_file(tmp_path: Path, processes: str) -> None:
     env = {
         **os.environ,
+        "ASR_PROCESSES": processes,
         "ASR_API_KEYS": str(tmp_path / "missing.toml"),
         "ASR_JOBS_DIR": str(tmp_path / "jobs"),
         "ASR_QUALITY_SAMPLE_RATE": "0",
