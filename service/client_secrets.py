@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -86,7 +87,9 @@ class ClientSecretStore:
         Raises TooManySecretsError when the key holds MAX_UNUSED_PER_KEY unused ones."""
         token = PREFIX + secrets.token_urlsafe(32)
         now = self._clock()
-        expires_at = now + seconds
+        # Whole seconds, as the answer states them (OpenAI's expires_at is an integer): the token
+        # stops working at the second its holder was told, not up to a second later.
+        expires_at = float(math.ceil(now + seconds))
         owner = key or ""
         with self.database.transaction(exclusive="client_secrets") as db:
             db.execute("DELETE FROM client_secrets WHERE expires_at <= ?", (now,))
