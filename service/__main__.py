@@ -1,4 +1,4 @@
-"""Command line: `python -m service serve|transcribe|evaluate|samples|config`."""
+"""Command line: `python -m service serve|transcribe|evaluate|samples|keys|config`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from service import cli
 from service.errors import MissingExtraError
+from service.keys import KeysFileError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -52,6 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="print the table as JSON")
     rep.set_defaults(run=cli.samples_report)
 
+    keys = sub.add_parser("keys", help="API keys: make one, hash one made elsewhere, list them (docs/auth.md)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    add = ksub.add_parser("add", help="make a random key NAME, append its hash to the keys file, print the key once")
+    add.add_argument("name")
+    add.add_argument("--file", help="the keys file (default ASR_API_KEYS); created if missing")
+    add.add_argument("--max-in-flight", type=int, help="this key's limit (default ASR_KEY_MAX_IN_FLIGHT)")
+    add.add_argument(
+        "--audio-seconds-per-hour", type=float, help="this key's budget (default ASR_KEY_AUDIO_SECONDS_PER_HOUR)"
+    )
+    add.set_defaults(run=cli.keys_add)
+    khash = ksub.add_parser("hash", help="print the SHA-256 of the key read from stdin, for the keys file")
+    khash.set_defaults(run=cli.keys_hash)
+    klist = ksub.add_parser("list", help="the accepted keys' names and limits")
+    klist.add_argument("--file", help="the keys file (default ASR_API_KEYS)")
+    klist.set_defaults(run=cli.keys_list)
+
     conf = sub.add_parser("config", help="print the configuration table (markdown)")
     conf.set_defaults(run=cli.print_config)
     return parser
@@ -61,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.run(args)
-    except MissingExtraError as exc:  # a configuration that needs an extra: one line naming it, no traceback
+    except (MissingExtraError, KeysFileError) as exc:  # a configuration error: one line naming it, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return code

@@ -19,10 +19,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException
 
-from service.api import asr_webservice, health, jobs, openai, realtime, samples, transcribe
+from service.api import asr_webservice, client_secrets, health, jobs, openai, realtime, samples, transcribe
 from service.api.common import FORM_OVERHEAD_BYTES, UPLOAD_ROUTES, describe_validation_error, first_field
 from service.backends import load_backend
 from service.body_limit import BodyLimitMiddleware
+from service.client_secrets import ClientSecretStore
 from service.config import Settings
 from service.connections import ConnectionGuard
 from service.database import open_shared
@@ -30,6 +31,8 @@ from service.errors import ServiceError
 from service.gpu import GpuCollector
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobStore
+from service.key_limits import KeyUsage
+from service.keys import ADMIN, KeyLimits, KeyRing
 from service.lifecycle import Lifecycle
 from service.logs import configure_logging
 from service.metrics import Metrics, worker_pids
@@ -87,7 +90,12 @@ def create_app(
     lifecycle = Lifecycle(settings.server.shutdown_grace_seconds)
     connections = ConnectionGuard(settings.server, metrics)  # read by serve's protocol (GuardedHttpProtocol)
     pipeline = build_pipeline(settings, metrics, backend_factory, store, lifecycle)
-    runner = JobRunner(JobStore(settings.jobs.dir, shared), pipeline, settings, metrics)
+    keys = KeyRing(settings.server.api_key, settings.server.api_keys, KeyLimits.of(settings.keys))
+    key_usage = KeyUsage(metrics, [*keys.names(), ADMIN])
+    job_store = JobStore(settings.jobs.dir, shared)
+    runner = JobRunner(job_store, pipeline, settings, metrics, key_usage)
+    # Beside the job table, so that every process and replica redeems what any of them minted.
+    secrets = ClientSecretStore(job_store.database)
     shadow = _shadow_scorer(settings, store, pipeline, metrics)
     if restore_counters is None:
         restore_counters = not metrics.multiprocess
@@ -138,6 +146,9 @@ def create_app(
     app.state.quality_job = job
     app.state.shadow = shadow
     app.state.jobs = runner
+    app.state.keys = keys
+    app.state.key_usage = key_usage
+    app.state.client_secrets = secrets
     app.state.streams = StreamHub(settings.streams.max_streams, metrics, lifecycle)
     app.state.connections = connections
     app.state.model_aliases_seen = set()  # model names clients asked for, logged once each
@@ -150,6 +161,7 @@ def create_app(
     app.include_router(asr_webservice.router)
     app.include_router(jobs.router)
     app.include_router(realtime.router)
+    app.include_router(client_secrets.router)
     app.include_router(samples.router)
     _install_error_handlers(app, metrics)
     upload_limit = settings.limits.max_upload_bytes + FORM_OVERHEAD_BYTES

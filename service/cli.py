@@ -68,6 +68,10 @@ def serve(args: argparse.Namespace) -> int:
             start_metrics_server(app.state.metrics, server)
         uvicorn.run(app, **common)
         return 0
+    # Checked here too: a worker that fails on it would print a traceback per process, not one line.
+    from service.keys import KeyLimits, KeyRing
+
+    KeyRing(server.api_key, server.api_keys, KeyLimits.of(settings.keys))
     _prepare_multiprocess(settings)
     uvicorn.run("service.app:serve_app", factory=True, workers=server.processes, **common)
     return 0
@@ -428,4 +432,73 @@ def samples_import(args: argparse.Namespace) -> int:
 
 def print_config(args: argparse.Namespace) -> int:
     sys.stdout.write(configuration_markdown())
+    return 0
+
+
+# ---- keys -------------------------------------------------------------------------------
+
+
+def _keys_file(args: argparse.Namespace) -> Path | None:
+    return Path(args.file) if args.file else ServerSettings().api_keys
+
+
+def keys_add(args: argparse.Namespace) -> int:
+    """Make a random key NAME, append its hash to the keys file, print the key (once, on stdout)."""
+    from service.keys import KeyLimits, KeysFileError, hash_key, key_table, new_key, parse_keys
+
+    path = _keys_file(args)
+    if path is None:
+        print("error: name the keys file with --file or ASR_API_KEYS", file=sys.stderr)
+        return 2
+    text = path.read_text() if path.exists() else ""
+    limits = {"max_in_flight": args.max_in_flight, "audio_seconds_per_hour": args.audio_seconds_per_hour}
+    key = new_key()
+    table = key_table(args.name, hash_key(key), {k: v for k, v in limits.items() if v is not None})
+    try:
+        if args.name in {k.name for k in parse_keys(text, KeyLimits(), str(path))}:
+            print(f"error: {path} has a key named {args.name!r} already", file=sys.stderr)
+            return 1
+        combined = (text.rstrip("\n") + "\n\n" if text.strip() else "") + table
+        parse_keys(combined, KeyLimits(), str(path))  # the name and limits are valid
+    except KeysFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    # Written whole and moved into place: the service never reads half a file.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(combined)
+    os.replace(temporary, path)
+    print(key)
+    print(f"added key {args.name!r} to {path}: this is the only time the key is shown", file=sys.stderr)
+    return 0
+
+
+def keys_hash(args: argparse.Namespace) -> int:
+    """Print the SHA-256 of the key read from stdin, as the keys file stores it."""
+    from service.keys import hash_key
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        print('error: give the key on stdin, e.g. `printf %s "$KEY" | python -m service keys hash`', file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
+
+
+def keys_list(args: argparse.Namespace) -> int:
+    """Print the accepted keys' names and limits (never their hashes)."""
+    from service.keys import KeyLimits, KeyRing, KeysFileError
+
+    server = ServerSettings()
+    try:
+        ring = KeyRing(server.api_key, _keys_file(args), KeyLimits.of(Settings().keys))
+    except KeysFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for key in ring.accepted():
+        limits = key.limits
+        in_flight = limits.max_in_flight or "unlimited"
+        audio = f"{limits.audio_seconds_per_hour:g}" if limits.audio_seconds_per_hour else "unlimited"
+        print(f"{key.name}\tin flight: {in_flight}\taudio seconds per hour: {audio}")
     return 0

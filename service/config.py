@@ -149,10 +149,29 @@ class ServerSettings(BaseSettings):
     api_key: SecretStr | None = Field(
         None,
         description="Bearer token every route requires but /healthz, /readyz, /metrics and the API docs "
-        "(off when unset).",
+        "(the key named `default`; keys are off when neither this nor ASR_API_KEYS is set).",
+    )
+    api_keys: Path | None = Field(
+        None,
+        description="TOML file of named keys, stored as SHA-256 hashes, each with optional limits (see docs/auth.md; "
+        "`python -m service keys add NAME` makes one); re-read when it changes. Each key sees only its own jobs.",
     )
     admin_token: SecretStr | None = Field(
-        None, description="Bearer token for the sample review API (the API is off when unset)."
+        None,
+        description="Bearer token for the sample review API (off when unset); on the other routes it is the "
+        "`admin` caller, who sees every key's jobs and has no per-key limits.",
+    )
+    client_secret_seconds: int = Field(
+        120,
+        ge=1,
+        le=7200,
+        description="Lifetime of a Realtime client secret (POST /v1/realtime/client_secrets) whose request names none.",
+    )
+    client_secret_max_seconds: int = Field(
+        600,
+        ge=1,
+        le=7200,
+        description="Longest lifetime a client secret may ask for (`expires_after.seconds` is cut to it).",
     )
     shutdown_grace_seconds: float = Field(
         30.0,
@@ -178,6 +197,26 @@ class ServerSettings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
     log_file: Path | None = Field(None, description="Also append logs to this file.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+
+class KeyLimitSettings(BaseSettings):
+    """What each API key may use at once and per hour (defaults; the keys file overrides them per key)."""
+
+    model_config = _config("ASR_KEY_")
+
+    max_in_flight: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="Transcription requests, job submissions and live streams one key may have in flight in a "
+        "process (429 `key_concurrency_limit` beyond); 0: no limit.",
+    )
+    audio_seconds_per_hour: float = Field(
+        0.0,
+        ge=0,
+        description="Audio seconds one key may have transcribed in a process over the last hour (429 "
+        "`key_audio_limit` once spent); 0: no limit.",
+    )
 
 
 class QualitySettings(BaseSettings):
@@ -349,6 +388,7 @@ class Settings(BaseModel):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    keys: KeyLimitSettings = Field(default_factory=KeyLimitSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     streams: StreamSettings = Field(default_factory=StreamSettings)

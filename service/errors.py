@@ -24,6 +24,7 @@ REJECTION_REASONS = (
     "insufficient_storage",
     "shutting_down",
     "stream_limit",
+    "key_limit",
 )
 
 
@@ -122,6 +123,35 @@ class QueueFullError(ServiceError):
     def __init__(self, retry_after_seconds: int) -> None:
         super().__init__(
             f"the service is at capacity; retry in {retry_after_seconds} s",
+            headers={"Retry-After": str(retry_after_seconds)},
+        )
+        self.retry_after_seconds = retry_after_seconds
+
+
+class KeyBusyError(ServiceError):
+    """The caller's key already has as much work in flight as its limit allows (429 with Retry-After)."""
+
+    status = 429
+    code = "key_concurrency_limit"
+    reason = "key_limit"
+
+    def __init__(self, key: str, limit: int) -> None:
+        super().__init__(
+            f"key {key!r} already has {limit} requests or streams in flight, its limit; retry when one ends",
+            headers={"Retry-After": "1"},
+        )
+
+
+class KeyAudioLimitError(ServiceError):
+    """The caller's key has used its audio seconds for the last hour (429 with Retry-After)."""
+
+    status = 429
+    code = "key_audio_limit"
+    reason = "key_limit"
+
+    def __init__(self, key: str, budget: float, retry_after_seconds: int) -> None:
+        super().__init__(
+            f"key {key!r} has used its {budget:g} audio seconds of the last hour; retry in {retry_after_seconds} s",
             headers={"Retry-After": str(retry_after_seconds)},
         )
         self.retry_after_seconds = retry_after_seconds

@@ -144,6 +144,27 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # Per API key: the key's name comes from the configured set only (service.keys), never
+        # from what a client sends, so the series are bounded by the keys file.
+        self.key_requests = Counter(
+            "asr_key_requests",
+            "HTTP requests answered, by API key name and status class (2xx, 4xx, 5xx).",
+            ["key", "status_class"],
+            registry=r,
+        )
+        self.key_audio = Counter(
+            "asr_key_audio_seconds",
+            "Audio seconds transcribed for each API key (uploads, job audio, live turns).",
+            ["key"],
+            registry=r,
+        )
+        self.key_in_flight = Gauge(
+            "asr_key_work_in_flight",
+            "Transcription requests, job submissions and live streams of each API key in flight now.",
+            ["key"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.queue_depth = Gauge(
             "asr_queue_depth",
             "Requests waiting for an inference worker.",

@@ -16,6 +16,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from service.keys import ANONYMOUS
 from service.metrics import UNMATCHED_ROUTE
 
 if TYPE_CHECKING:
@@ -106,6 +107,8 @@ class ObserverMiddleware:
         method = scope["method"] if route != UNMATCHED_ROUTE and scope["method"] in KNOWN_METHODS else "other"
         self.metrics.http_requests.labels(method, route, str(status)).inc()
         self.metrics.http_duration.labels(method, route).observe(elapsed, exemplar={"request_id": state["request_id"]})
+        # The key's name is set by auth from the configured set (service.api.deps), never from input.
+        self.metrics.key_requests.labels(state.get("key", ANONYMOUS), f"{status // 100}xx").inc()
         _log_request(scope, state, route, status, elapsed)
 
 
@@ -132,7 +135,7 @@ def _log_request(scope: Scope, state: dict[str, Any], route: str, status: int, e
         "status": status,
         "seconds": round(elapsed, 4),
     }
-    for key in ("audio_seconds", "processing_seconds", "rtf", "language", "error"):
+    for key in ("key", "audio_seconds", "processing_seconds", "rtf", "language", "error"):
         if key in state:
             fields[key] = state[key]
     log.info(

@@ -1,10 +1,13 @@
 """Every route but the public probes refuses a missing or wrong key: a walk over app.routes.
 
 New routes are covered without editing this file: the walk finds them, sends each method without
-a key, with a wrong one and (for the admin API) with the client key, and expects a refusal
-before the handler runs. HTTP answers 401 in the JSON error shape; the Realtime WebSocket an
-`error` event with code `unauthorized` and close 1008. A second check reads each route's
-dependency tree: auth is part of its signature (ApiKeyDep or AdminDep), not a line in its body.
+a key, with a wrong one, with a Realtime client secret (which opens only a WebSocket session) and
+(for the admin API) with a client key, and expects a refusal before the handler runs. HTTP
+answers 401 in the JSON error shape; the Realtime WebSocket an `error` event with code
+`unauthorized` and close 1008. Every kind of key opens the client routes: ASR_API_KEY, the named
+keys of ASR_API_KEYS, ASR_ADMIN_TOKEN, and on a WebSocket each as the subprotocol browsers send. A
+second check reads each route's dependency tree: auth is part of its signature (ApiKeyDep,
+WorkKeyDep or AdminDep), not a line in its body.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from service.api.deps import admin, api_caller
+from service.api.deps import KEY_SUBPROTOCOL, admin, api_caller
 from service.api.health import PUBLIC_ROUTES
 from service.app import create_app
+from service.keys import hash_key, key_table
 from service.metrics import Metrics
 from tests.conftest import make_settings
 from tests.fakes import FakeBackend, factory
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
     from fastapi.dependencies.models import Dependant
 
 KEY, ADMIN_TOKEN = "client-key", "admin-token"
+NAMED = {"alice": "asr_alice-key", "bob": "asr_bob-key"}
 # FastAPI's own documentation routes: they describe the API and hold no data.
 DOCS_ROUTES = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 OPEN = PUBLIC_ROUTES | DOCS_ROUTES
@@ -40,7 +45,10 @@ OPEN = PUBLIC_ROUTES | DOCS_ROUTES
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     tmp = tmp_path_factory.mktemp("auth")
-    settings = make_settings(tmp, server={"api_key": KEY, "admin_token": ADMIN_TOKEN}, quality={"sample_rate": 1.0})
+    keys = tmp / "keys.toml"
+    keys.write_text("".join(key_table(name, hash_key(key)) for name, key in NAMED.items()))
+    server = {"api_key": KEY, "api_keys": keys, "admin_token": ADMIN_TOKEN}
+    settings = make_settings(tmp, server=server, quality={"sample_rate": 1.0})
     app = create_app(settings, backend_factory=factory(FakeBackend()), metrics=Metrics())
     with TestClient(app, base_url="http://asr.test") as test_client:
         yield test_client
@@ -95,7 +103,7 @@ def test_every_route_is_either_public_or_authenticated(client: TestClient) -> No
         if route.path in OPEN:
             assert not guards, f"{route.path} is public but asks for a key"
         else:
-            assert guards, f"{route.path} takes neither ApiKeyDep nor AdminDep"
+            assert guards, f"{route.path} takes none of ApiKeyDep, WorkKeyDep, AdminDep"
     # The walk saw the routes it is meant to protect (a walk over nothing would pass).
     assert {"/transcribe", "/v1/audio/transcriptions", "/v1/jobs/{job_id}", "/v1/samples", "/v1/realtime"} <= seen
 
@@ -164,3 +172,62 @@ def test_websocket_with_the_key_opens_a_session(client: TestClient) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}
     with client.websocket_connect("/v1/realtime?intent=transcription", headers=auth) as ws:
         assert ws.receive_json()["type"] == "session.created"
+
+
+def _client_secret(client: TestClient) -> str:
+    r = client.post("/v1/realtime/client_secrets", json={}, headers={"Authorization": f"Bearer {NAMED['alice']}"})
+    assert r.status_code == 200, r.text
+    value: str = r.json()["value"]
+    return value
+
+
+@pytest.mark.parametrize("token", [KEY, *NAMED.values(), ADMIN_TOKEN], ids=["default", *NAMED, "admin"])
+def test_every_kind_of_key_opens_the_client_routes(client: TestClient, speech_dir: Path, token: str) -> None:
+    auth = {"Authorization": f"Bearer {token}"}
+    with open(speech_dir / "fox.wav", "rb") as fh:
+        assert client.post("/transcribe", files={"file": fh}, headers=auth).status_code == 200
+    assert client.get("/v1/jobs", headers=auth).status_code == 200
+    with client.websocket_connect("/v1/realtime?intent=transcription", headers=auth) as ws:
+        assert ws.receive_json()["type"] == "session.created"
+
+
+def test_http_routes_refuse_a_client_secret(client: TestClient) -> None:
+    secret = _client_secret(client)
+    checked = 0
+    for route in _routes(client):
+        if route.websocket or route.path in OPEN:
+            continue
+        for method in sorted(route.methods - {"HEAD"}):
+            r = client.request(method, _path(route.path), headers={"Authorization": f"Bearer {secret}"})
+            assert r.status_code == 401, (method, route.path, r.status_code, r.text)
+            checked += 1
+    assert checked >= 15
+    # Refused over HTTP, never spent there: it still opens its one session.
+    with client.websocket_connect("/v1/realtime", headers={"Authorization": f"Bearer {secret}"}) as ws:
+        assert ws.receive_json()["type"] == "session.created"
+
+
+@pytest.mark.parametrize("token", [KEY, NAMED["bob"], "client-secret"], ids=["default", "named", "client-secret"])
+def test_websocket_routes_take_the_key_as_browsers_send_it(client: TestClient, token: str) -> None:
+    token = _client_secret(client) if token == "client-secret" else token
+    routes = [r for r in _routes(client) if r.websocket]
+    assert routes
+    for route in routes:
+        protocols = ["realtime", KEY_SUBPROTOCOL + token]
+        with client.websocket_connect(f"{route.path}?intent=transcription", subprotocols=protocols) as ws:
+            assert ws.accepted_subprotocol == "realtime"  # what browsers require back; never the key
+            assert ws.receive_json()["type"] == "session.created"
+        token = _client_secret(client) if token.startswith("ek_") else token
+
+
+def test_a_wrong_subprotocol_key_is_refused_in_a_handshake_browsers_accept(client: TestClient) -> None:
+    for route in (r for r in _routes(client) if r.websocket):
+        protocols = ["realtime", KEY_SUBPROTOCOL + "wrong"]
+        with client.websocket_connect(f"{route.path}?intent=transcription", subprotocols=protocols) as ws:
+            # Accepted with "realtime", so that a browser reads the error event instead of a failed handshake.
+            assert ws.accepted_subprotocol == "realtime"
+            event = ws.receive_json()
+            assert event["type"] == "error" and event["error"]["code"] == "unauthorized"
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+        assert closed.value.code == 1008

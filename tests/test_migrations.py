@@ -354,6 +354,31 @@ def test_an_unversioned_job_table_upgrades_and_its_jobs_resume(
     assert _snapshot(jobs.database, ("jobs", "job_windows", "schema_versions")) == before
 
 
+def test_a_job_table_from_before_named_keys_gives_its_jobs_to_the_default_key(
+    tmp_path: Path, shared_database: Database | None
+) -> None:
+    database = _database(tmp_path, shared_database, "jobs.sqlite3")
+    migrate(database, "jobs", job_store.MIGRATIONS[:1])  # the release before jobs had owners
+    now = time.time()
+    _insert(database, "jobs", [{"id": "old", "created_at": now - 60, "status": "succeeded", "options": "{}"}])
+
+    jobs = JobStore(tmp_path, shared_database)
+
+    assert _version(jobs.database, "jobs") == len(job_store.MIGRATIONS)
+    old = jobs.get("old")
+    assert old is not None and old.owner is None and old.status == "succeeded"
+    # Made when ASR_API_KEY was the only key: "default"'s, and no named key's.
+    assert jobs.get("old", "default") is not None and jobs.get("old", "alice") is None
+    # A replica of the previous release, during a rolling update, still inserts without an owner.
+    _insert(database, "jobs", [{"id": "during", "created_at": now - 30, "status": "queued", "options": "{}"}])
+    upload = tmp_path / ".upload-new"
+    upload.write_bytes(b"audio")
+    new = jobs.create(upload, {}, "new.wav", None, owner="alice")
+    assert [j.id for j in jobs.recent(owner="default")] == ["during", "old"]
+    assert [j.id for j in jobs.recent(owner="alice")] == [new.id]
+    assert jobs.count_active() == 2
+
+
 def test_a_schema_newer_than_the_code_is_refused_and_left_alone(
     tmp_path: Path, shared_database: Database | None
 ) -> None:

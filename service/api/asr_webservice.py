@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
 from service.api.common import documented
-from service.api.deps import ApiKeyDep, PipelineDep, SettingsDep
+from service.api.deps import PipelineDep, SettingsDep, WorkKeyDep
 from service.api.schemas import DetectedLanguage, WhisperResult
 from service.api.uploads import read_upload, run_upload
 from service.formats import render_text, to_tsv
@@ -76,7 +76,7 @@ _DOCUMENTED = documented(401, 413, 415, 422, 429, 503, 504, 507, ok_text="the tr
 @router.post("/asr", summary="Transcribe (whisper-asr-webservice compatible)", responses=_DOCUMENTED)
 async def asr(
     request: Request,
-    caller: ApiKeyDep,
+    caller: WorkKeyDep,
     pipeline: PipelineDep,
     settings: SettingsDep,
     encode: Annotated[bool, Query(description="false: audio_file is raw 16 kHz mono s16le PCM")] = True,
@@ -120,7 +120,7 @@ async def asr(
 )
 async def detect_language(
     request: Request,
-    caller: ApiKeyDep,
+    caller: WorkKeyDep,
     pipeline: PipelineDep,
     settings: SettingsDep,
     encode: Annotated[bool, Query(description="false: audio_file is raw 16 kHz mono s16le PCM")] = True,

@@ -7,8 +7,10 @@
     GET    /v1/jobs/{id}/result     ?response_format=json|verbose_json|text|srt|vtt (409 until it succeeded)
     DELETE /v1/jobs/{id}            cancels an active job; deletes a finished one (204)
 
-The same auth as transcription (ASR_API_KEY). At most ASR_JOBS_MAX_QUEUED jobs wait or run at
-once (429 beyond). An upload is checked at once (415/422/413 now, not in a failed job later).
+The same auth as transcription. A key sees only the jobs it submitted: another key's job answers
+404, as one that does not exist (the admin token sees every job). At most ASR_JOBS_MAX_QUEUED jobs
+wait or run at once (429 beyond). An upload is checked at once (415/422/413 now, not in a failed
+job later); its audio counts against the key's hourly budget once the job has decoded it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from service.api.common import UPLOAD_ERRORS, documented, form_openapi, respond
-from service.api.deps import ApiKeyDep, JobsDep, PipelineDep, SettingsDep
+from service.api.deps import ApiKeyDep, Caller, JobsDep, PipelineDep, SettingsDep, WorkKeyDep
 from service.api.schemas import JobTranscription
 from service.api.transcribe import TranscribeForm, request_options
 from service.api.uploads import read_upload
@@ -128,8 +130,9 @@ class JobList(BaseModel):
     items: list[JobView] = Field(description="Recent jobs, newest first.")
 
 
-def _job(store: JobStore, job_id: str) -> JobRecord:
-    job = store.get(job_id) if len(job_id) == 32 and job_id.isalnum() else None
+def _job(store: JobStore, job_id: str, caller: Caller) -> JobRecord:
+    """The job if `caller` may see it; NotFoundError (404) otherwise, whether it exists or not."""
+    job = store.get(job_id, caller.owner_filter) if len(job_id) == 32 and job_id.isalnum() else None
     if job is None:
         raise NotFoundError(f"no job {job_id[:40]!r}")
     return job
@@ -148,7 +151,7 @@ def _job_options(form: JobForm) -> RequestOptions:
     responses={202: {"model": JobView, "description": "accepted"}, **documented(*UPLOAD_ERRORS)},
 )
 async def submit(
-    request: Request, caller: ApiKeyDep, pipeline: PipelineDep, settings: SettingsDep, runner: JobsDep
+    request: Request, caller: WorkKeyDep, pipeline: PipelineDep, settings: SettingsDep, runner: JobsDep
 ) -> JSONResponse:
     """Queue a transcription of an upload; 202 with the job's id and where to follow it."""
     pipeline.admit(room=False)
@@ -164,7 +167,7 @@ async def submit(
         await pipeline.probe(source)
         spooled = await asyncio.to_thread(_spool, source.file, runner.store.root)
         job = await asyncio.to_thread(
-            runner.store.create, spooled, asdict(upload.work.options), upload.filename, webhook
+            runner.store.create, spooled, asdict(upload.work.options), upload.filename, webhook, caller.key
         )
     finally:
         await upload.close()
@@ -190,12 +193,13 @@ def _spool(source: Any, root: Path) -> Path:
 
 @router.get("", responses=documented(401))
 async def list_jobs(caller: ApiKeyDep, runner: JobsDep) -> JobList:
-    return JobList(items=[JobView.of(j) for j in await asyncio.to_thread(runner.store.recent)])
+    jobs = await asyncio.to_thread(runner.store.recent, 100, caller.owner_filter)
+    return JobList(items=[JobView.of(j) for j in jobs])
 
 
 @router.get("/{job_id}", responses=documented(401, 404))
 async def status(caller: ApiKeyDep, runner: JobsDep, job_id: str) -> JobView:
-    return JobView.of(await asyncio.to_thread(_job, runner.store, job_id))
+    return JobView.of(await asyncio.to_thread(_job, runner.store, job_id, caller))
 
 
 @router.get(
@@ -205,7 +209,7 @@ async def status(caller: ApiKeyDep, runner: JobsDep, job_id: str) -> JobView:
 )
 async def result(caller: ApiKeyDep, runner: JobsDep, job_id: str, response_format: ResponseFormat = "json") -> Response:
     """The finished job's transcript in any format (409 until it has succeeded)."""
-    job = await asyncio.to_thread(_job, runner.store, job_id)
+    job = await asyncio.to_thread(_job, runner.store, job_id, caller)
     if job.status != "succeeded":
         raise JobNotFinishedError(f"job {job.id} is {job.status}; its result exists once it has succeeded")
     transcribed = await asyncio.to_thread(runner.result, job)
@@ -216,9 +220,9 @@ async def result(caller: ApiKeyDep, runner: JobsDep, job_id: str, response_forma
 @router.delete("/{job_id}", response_model=None, responses={204: {"description": "deleted"}, **documented(401, 404)})
 async def cancel(caller: ApiKeyDep, runner: JobsDep, job_id: str) -> Response:
     """Cancel a queued or running job (200, its status); delete a finished one (204)."""
-    job = await asyncio.to_thread(_job, runner.store, job_id)
+    job = await asyncio.to_thread(_job, runner.store, job_id, caller)
     if await asyncio.to_thread(runner.cancel, job.id):
-        view = JobView.of(await asyncio.to_thread(_job, runner.store, job.id))
+        view = JobView.of(await asyncio.to_thread(_job, runner.store, job.id, caller))
         return JSONResponse(view.model_dump(mode="json"))
     await asyncio.to_thread(runner.store.delete, job.id)
     return Response(status_code=204)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.api import sse
 from service.api.common import UPLOAD_ERRORS, documented, form_openapi, respond
-from service.api.deps import ApiKeyDep, MetricsDep, PipelineDep, SettingsDep
+from service.api.deps import ApiKeyDep, MetricsDep, PipelineDep, SettingsDep, WorkKeyDep
 from service.api.schemas import (
     ModelCard,
     ModelList,
@@ -134,7 +134,7 @@ _OK = OpenAITranscription | OpenAIVerboseTranscription
     responses=documented(*UPLOAD_ERRORS, ok=_OK),
 )
 async def transcriptions(
-    request: Request, caller: ApiKeyDep, pipeline: PipelineDep, settings: SettingsDep, metrics: MetricsDep
+    request: Request, caller: WorkKeyDep, pipeline: PipelineDep, settings: SettingsDep, metrics: MetricsDep
 ) -> Response:
     """OpenAI's audio transcription endpoint."""
     return await _respond(request, pipeline, settings, metrics, TranscriptionForm, "transcribe")
@@ -147,7 +147,7 @@ async def transcriptions(
     responses=documented(*UPLOAD_ERRORS, ok=_OK),
 )
 async def translations(
-    request: Request, caller: ApiKeyDep, pipeline: PipelineDep, settings: SettingsDep, metrics: MetricsDep
+    request: Request, caller: WorkKeyDep, pipeline: PipelineDep, settings: SettingsDep, metrics: MetricsDep
 ) -> Response:
     """OpenAI's audio translation endpoint (speech in any language to English text)."""
     return await _respond(request, pipeline, settings, metrics, TranslationForm, "translate")

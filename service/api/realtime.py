@@ -2,11 +2,16 @@
 
 The official client works unchanged: `client.realtime.connect(extra_query={"intent":
 "transcription"})`. The protocol is service.streaming.session's; this route adds what belongs
-to the connection: auth (the same bearer ASR_API_KEY, a dependency as on every route; its
-refusal is an `error` event and close 1008, sent by the app's error handler), the stream limit (ASR_MAX_STREAMS: one
-more gets an `error` event and close code 1013, "try again later"), the idle timeout, the longest
-session, and draining (finished turns get the grace period, then close code 1012).
-Refusals are an `error` event followed by a close, so the client learns why.
+to the connection: auth (the same keys, a dependency as on every route, as a bearer token or as
+the subprotocol browsers send, `openai-insecure-api-key.<key or client secret>`; a client secret
+from POST /v1/realtime/client_secrets opens one session and makes `?intent` optional; a refusal
+is an `error` event and close 1008, sent by the app's error handler), the key's limits (a stream
+holds one of its places in flight; each finished turn's audio is charged to it, and a stream whose
+key has spent its hour's audio ends with an `error` event `key_audio_limit` and close 1013), the
+stream limit (ASR_MAX_STREAMS: one more gets an `error` event and close code 1013, "try again
+later"), the idle timeout, the longest session, and draining (finished turns get the grace
+period, then close code 1012). Refusals are an `error` event followed by a close, so the client
+learns why.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketState
 
-from service.api.deps import ApiKeyDep, MetricsDep, PipelineDep, SettingsDep, StreamsDep
+from service.api.deps import KEY_SUBPROTOCOL, KeyUsageDep, MetricsDep, PipelineDep, SettingsDep, StreamsDep, WorkKeyDep
 from service.errors import ServiceError
 from service.streaming.hub import StreamLimitError
 from service.streaming.session import RealtimeSession
@@ -46,11 +51,30 @@ def error_event(code: str, message: str, kind: str = "invalid_request_error") ->
     return {"event_id": f"event_{uuid.uuid4().hex[:24]}", "type": "error", "error": error}
 
 
+def subprotocol(websocket: WebSocket) -> str | None:
+    """The subprotocol to accept: a browser fails a handshake that offered subprotocols and got none
+    back, so answer "realtime" (what OpenAI's clients offer beside the key), else the first offered
+    that carries no key; a key is never echoed."""
+    offered = [str(p) for p in websocket.scope.get("subprotocols") or ()]
+    if "realtime" in offered:
+        return "realtime"
+    return next((p for p in offered if not p.startswith(KEY_SUBPROTOCOL)), None)
+
+
+def turn_seconds(event: dict[str, Any]) -> float:
+    """The audio seconds a server event reports as transcribed (a finished turn's `usage`), else 0."""
+    usage = event.get("usage")
+    if event.get("type", "").endswith(".completed") and isinstance(usage, dict) and usage.get("type") == "duration":
+        seconds = usage.get("seconds")
+        return float(seconds) if isinstance(seconds, int | float) else 0.0
+    return 0.0
+
+
 async def refuse(websocket: WebSocket, code: str, message: str, close_code: int) -> None:
     """Tell the client why in an `error` event, then close: accepted first if need be, since a
     refused handshake tells a client nothing it can show."""
     if websocket.client_state == WebSocketState.CONNECTING:
-        await websocket.accept()
+        await websocket.accept(subprotocol=subprotocol(websocket))
     kind = "server_error" if close_code in (TRY_AGAIN_LATER, SERVICE_RESTART) else "invalid_request_error"
     await websocket.send_text(json.dumps(error_event(code, message, kind), ensure_ascii=False))
     await websocket.close(close_code, message[:120])
@@ -59,13 +83,15 @@ async def refuse(websocket: WebSocket, code: str, message: str, close_code: int)
 @router.websocket("/v1/realtime")
 async def realtime(
     websocket: WebSocket,
-    caller: ApiKeyDep,
+    caller: WorkKeyDep,
     pipeline: PipelineDep,
     settings: SettingsDep,
     hub: StreamsDep,
     metrics: MetricsDep,
+    usage: KeyUsageDep,
 ) -> None:
-    if websocket.query_params.get("intent") != "transcription":
+    # A client secret was minted for a transcription session: it says what ?intent would.
+    if websocket.query_params.get("intent") != "transcription" and caller.session is None:
         only = "only transcription sessions are served: connect with ?intent=transcription"
         metrics.rejected.labels("bad_request").inc()
         await refuse(websocket, "unsupported_session", only, POLICY_VIOLATION)
@@ -78,18 +104,35 @@ async def realtime(
             websocket, exc.code, exc.message, SERVICE_RESTART if exc.code == "shutting_down" else TRY_AGAIN_LATER
         )
         return
-    await websocket.accept()
+    await websocket.accept(subprotocol=subprotocol(websocket))
     lock = asyncio.Lock()
 
     async def send(event: dict[str, Any]) -> None:
+        if websocket.application_state == WebSocketState.DISCONNECTED:
+            return  # closed for the key's budget: what the session still says goes nowhere
         async with lock:
             await websocket.send_text(json.dumps(event, ensure_ascii=False))
+        seconds = turn_seconds(event)
+        if seconds:
+            usage.charge(caller.label, seconds)
+            if usage.over_budget(caller.label, caller.limits):
+                assert caller.limits is not None
+                metrics.rejected.labels("key_limit").inc()
+                budget = f"{caller.limits.audio_seconds_per_hour:g}"
+                await refuse(
+                    websocket,
+                    "key_audio_limit",
+                    f"this key has used its {budget} audio seconds of the last hour",
+                    TRY_AGAIN_LATER,
+                )
 
     session = RealtimeSession(pipeline, settings.streams, send, metrics)
     try:
         with hub.open(session):
             try:
                 await session.start()
+                if caller.session is not None:  # what the client secret was minted with
+                    await session.handle(json.dumps({"type": "session.update", "session": caller.session}))
                 await _serve(websocket, session, settings, hub)
             finally:
                 await session.close()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from service.api.uploads import until_disconnected
+from service.api.uploads import note_outcome, until_disconnected
 from service.cancellation import CLIENT_DISCONNECTED
 from service.errors import ServiceError
 
@@ -84,6 +84,7 @@ async def stream(
                     item = await queue.get()
                 finished["outcome"] = task.result()
             completed = True
+            note_outcome(request, finished["outcome"])
             yield on_done(finished["outcome"])
         except ServiceError as exc:
             completed = True

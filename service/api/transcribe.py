@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.api import sse
 from service.api.common import UPLOAD_ERRORS, documented, form_openapi, respond
-from service.api.deps import ApiKeyDep, MetricsDep, PipelineDep, SettingsDep
+from service.api.deps import MetricsDep, PipelineDep, SettingsDep, WorkKeyDep
 from service.api.schemas import Transcription, segment_out
 from service.api.uploads import read_upload, run_upload
 from service.formats import FINE_FORMATS, ResponseFormat
@@ -75,7 +75,7 @@ def request_options(form: TranscribeForm, fine_segments: bool | None = None) -> 
     responses=documented(*UPLOAD_ERRORS, ok=Transcription),
 )
 async def transcribe(
-    request: Request, caller: ApiKeyDep, pipeline: PipelineDep, settings: SettingsDep, metrics: MetricsDep
+    request: Request, caller: WorkKeyDep, pipeline: PipelineDep, settings: SettingsDep, metrics: MetricsDep
 ) -> Response:
     """Transcribe `file`: JSON with the text, segments, timings and warnings, or text, srt or vtt."""
     upload = await read_upload(request, pipeline, settings, TranscribeForm, request_options)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
@@ -101,6 +101,13 @@ async def run_upload(request: Request, pipeline: Pipeline, upload: Upload[F]) ->
 
 def answered(request: Request, pipeline: Pipeline, outcome: Outcome) -> BackgroundTask:
     """Note the outcome in the access log's fields; return the after-response sampling task."""
+    state = note_outcome(request, outcome)
+    return BackgroundTask(pipeline.keep_sample, outcome, state.get("request_id"))
+
+
+def note_outcome(request: Request, outcome: Outcome) -> dict[str, Any]:
+    """Put what the outcome cost in the request's state (the access log's fields; `audio_seconds`
+    is also what the caller's key is charged, service.api.deps.work_caller); returns the state."""
     result = outcome.result
     state = request_state(request.scope)
     state.update(
@@ -110,7 +117,7 @@ def answered(request: Request, pipeline: Pipeline, outcome: Outcome) -> Backgrou
     )
     if result.rtf is not None:
         state["rtf"] = round(result.rtf, 4)
-    return BackgroundTask(pipeline.keep_sample, outcome, state.get("request_id"))
+    return state
 
 
 async def until_disconnected(receive: Receive, token: CancelToken, work: Awaitable[T]) -> T:

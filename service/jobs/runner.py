@@ -26,6 +26,7 @@ from service.errors import ServiceError, ShuttingDownError
 from service.formats import Result
 from service.jobs.store import TERMINAL, JobStore, new_owner
 from service.jobs.webhook import WebhookSender
+from service.keys import ANONYMOUS
 from service.languages import join_texts
 from service.metrics import JOB_STATES
 from service.pipeline import RequestOptions, Work
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from service.backends.base import Segment
     from service.config import Settings
     from service.jobs.store import JobRecord
+    from service.key_limits import KeyUsage
     from service.metrics import Metrics
     from service.pipeline import Pipeline
 
@@ -49,8 +51,12 @@ class LeaseLost(Exception):
 
 
 class JobRunner:
-    def __init__(self, store: JobStore, pipeline: Pipeline, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, store: JobStore, pipeline: Pipeline, settings: Settings, metrics: Metrics, usage: KeyUsage | None = None
+    ) -> None:
+        """`usage`: where a job's audio is charged to the key that submitted it, once it is decoded."""
         self.store = store
+        self.usage = usage
         self.pipeline = pipeline
         self.settings = settings
         self.metrics = metrics
@@ -171,6 +177,8 @@ class JobRunner:
             if windows is None:
                 windows = await asyncio.to_thread(lambda: list(plan_windows(audio, self.settings.jobs.window_seconds)))
                 await asyncio.to_thread(self.store.plan, job.id, audio.duration, windows)
+                if self.usage is not None:  # once per job: a resumed job has its plan already
+                    self.usage.charge(job.owner or ANONYMOUS, audio.duration)
             done = {index for index, *_ in await asyncio.to_thread(self.store.windows, job.id)}
             options = RequestOptions(**job.options)
             language = job.language or options.language

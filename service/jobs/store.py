@@ -76,7 +76,17 @@ CREATE TABLE IF NOT EXISTS job_windows (
 
 # The job table's schema steps, in order (service.migrations: append, never edit a released one).
 # Step 1 is the schema of every release before versioning, so it must stay a no-op on their tables.
-MIGRATIONS = (Step("jobs and their finished windows", sql=_FIRST_TABLES),)
+MIGRATIONS = (
+    Step("jobs and their finished windows", sql=_FIRST_TABLES),
+    # The key that submitted each job: a key sees only its own. Rows of earlier releases (and of
+    # their replicas during a rolling update) have none: they were made with ASR_API_KEY, "default".
+    Step(
+        "jobs record the API key that submitted them",
+        sql="ALTER TABLE jobs ADD COLUMN owner TEXT; CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, created_at)",
+    ),
+)
+# Whose a job without an owner is: the one key the releases before named keys had.
+LEGACY_OWNER = "default"
 
 
 @dataclass
@@ -100,6 +110,7 @@ class JobRecord:
     webhook_attempts: int
     webhook_next: float | None
     webhook_error: str | None
+    owner: str | None = None  # the API key's name; None: keys were off, or an earlier release made it
 
 
 def new_owner() -> str:
@@ -131,30 +142,45 @@ class JobStore:
 
     # ---- submitting and reading ---------------------------------------------------------
 
-    def create(self, upload: Path, options: dict[str, Any], filename: str | None, webhook_url: str | None) -> JobRecord:
-        """Register a queued job whose upload was written to `upload` (moved into the store)."""
+    def create(
+        self,
+        upload: Path,
+        options: dict[str, Any],
+        filename: str | None,
+        webhook_url: str | None,
+        owner: str | None = None,
+    ) -> JobRecord:
+        """Register a queued job whose upload was written to `upload` (moved into the store);
+        `owner`: the name of the key that submitted it."""
         job_id = uuid.uuid4().hex
         folder = self.root / job_id
         folder.mkdir()
         os.replace(upload, folder / "upload")
         with self._db() as db:
             db.execute(
-                "INSERT INTO jobs (id, created_at, status, options, filename, webhook_url)"
-                " VALUES (?, ?, 'queued', ?, ?, ?)",
-                (job_id, time.time(), json.dumps(options), filename, webhook_url),
+                "INSERT INTO jobs (id, created_at, status, options, filename, webhook_url, owner)"
+                " VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                (job_id, time.time(), json.dumps(options), filename, webhook_url, owner),
             )
         record = self.get(job_id)
         assert record is not None
         return record
 
-    def get(self, job_id: str) -> JobRecord | None:
+    def get(self, job_id: str, owner: str | None = None) -> JobRecord | None:
+        """The job, or None; with `owner`, only if that key submitted it (a job of another is as
+        absent as one that never was)."""
+        clause, params = _owned_by(owner)
         with self._db() as db:
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute(f"SELECT * FROM jobs WHERE id = ?{clause}", [job_id, *params]).fetchone()
         return _record(row) if row is not None else None
 
-    def recent(self, limit: int = 100) -> list[JobRecord]:
+    def recent(self, limit: int = 100, owner: str | None = None) -> list[JobRecord]:
+        """The newest jobs first; with `owner`, only that key's."""
+        clause, params = _owned_by(owner)
         with self._db() as db:
-            rows = db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+            rows = db.execute(
+                f"SELECT * FROM jobs WHERE 1 = 1{clause} ORDER BY created_at DESC LIMIT ?", [*params, limit]
+            ).fetchall()
         return [_record(r) for r in rows]
 
     def count_active(self) -> int:
@@ -318,6 +344,15 @@ class JobStore:
         for row in rows:
             self.delete(row["id"])
         return len(rows)
+
+
+def _owned_by(owner: str | None) -> tuple[str, list[Any]]:
+    """The condition (to append after a WHERE) for jobs of `owner`; none when `owner` is None."""
+    if owner is None:
+        return "", []
+    if owner == LEGACY_OWNER:  # written so that the (owner, created_at) index serves it
+        return " AND (owner = ? OR owner IS NULL)", [owner]
+    return " AND owner = ?", [owner]
 
 
 def _record(row: Row) -> JobRecord:
