@@ -262,7 +262,7 @@ async def test_the_guard_alone_keeps_invented_segments_out(tmp_path: Path, monke
     assert wer(" ".join(texts), body["text"]) <= BASE_WER, segments
     said = [w for w in body["warnings"] if w.startswith("dropped")]
     assert sum(int(w.split()[1]) for w in said) == dropped  # on this machine: 1 (30.0-40.0 s, a repeat)
-    print(f"dropped past the end: {dropped:.0f}; warnings: {said}")
+    print(f"dropped past the end: {dropped:.0f}; warnings: {said}; {segments}")
 
 
 REPEATED = [

@@ -203,13 +203,14 @@ def test_guard_drops_what_it_is_sure_was_invented_and_keeps_real_speech() -> Non
         Segment(6, 18.1, 19.0, "A brand new sentence here."),  # over room noise, new text: only flagged
         Segment(7, 19.0, 20.5, "Tail words. Gone", words=words),  # ends a little past the end: clamped
         Segment(8, 20.0, 30.0, said),  # starts at the end
-        Segment(9, 15.0, 28.0, "Mostly past the end."),  # 8 s of its 13 past the end
+        Segment(9, 19.5, 28.0, "Mostly past the end."),  # 8 s past the end, over room noise inside
+        Segment(10, 17.0, 25.0, "Stamped late."),  # as far past, but speech inside (17-18 s): clamped
     ]
     kept = [guard.screen(seg, audio.duration) for seg in segments]
-    assert [s.id for s in kept if s is not None] == [0, 1, 4, 6, 7]
+    assert [s.id for s in kept if s is not None] == [0, 1, 4, 6, 7, 10]
     assert guard.dropped == ["silence", "silence", "repetition", "past_end", "past_end"]
-    tail = kept[7]
-    assert tail is not None and tail.end == 20.0
+    tail, late = kept[7], kept[10]
+    assert tail is not None and tail.end == 20.0 and late is not None and late.end == 20.0
     assert tail.words == [Word(19.0, 19.6, " Tail", 0.9), Word(19.6, 20.0, " words.", 0.9)]
     assert hallucination.inspect(_transcript(said, duration=2), _levels((2, -50))) == ["silence"]  # as before
 

@@ -14,8 +14,8 @@ a streamed answer never shows it), counted in asr_segments_dropped_total{kind} a
 `warnings`:
 
 - past_end: the segment starts at or after the end of the audio the engine was given, or lies
-  mostly past it (Whisper stamps text it invents over a short padded last window 30.0-40.0 s);
-  one that ends a little past it is clamped to it;
+  mostly past it over near-silence (Whisper stamps text it invents over a short padded last
+  window 30.0-40.0 s); any other that ends past it is clamped to it;
 - silence: its audio is digital silence, or under -60 dBFS and 20 dB quieter than the loudest
   frame within 15 s of it (so that a whole recording made very quietly is never dropped);
 - repetition: it repeats earlier text of the same transcript over audio that quiet relative to
@@ -139,17 +139,10 @@ def inspect(transcript: Transcript, audio: DecodedAudio) -> list[str]:
     return sorted(kinds)
 
 
-def fit_to_audio(seg: Segment, end: float) -> Segment | None:
-    """`seg` held within audio that ends at `end` seconds: unchanged when it ends in time, clamped
-    (words too) when it ends a little past, None when it starts at or after `end` or lies mostly
-    past it (more than END_TOLERANCE_SECONDS out, and more of it outside than inside)."""
-    if seg.start >= end:
-        return None
+def clamp_to(seg: Segment, end: float) -> Segment:
+    """`seg` ending no later than `end` seconds (its words too): itself when it already does."""
     if seg.end <= end:
         return seg
-    outside = seg.end - end
-    if outside > END_TOLERANCE_SECONDS and outside > end - seg.start:
-        return None
     words = None
     if seg.words is not None:
         words = [replace(w, end=min(w.end, end)) for w in seg.words if w.start < end]
@@ -171,15 +164,27 @@ class Guard:
     def screen(self, seg: Segment, heard_end: float) -> Segment | None:
         """Return `seg` to keep (clamped to `heard_end`, the end in seconds of the audio the engine
         was given for it), or None when it was invented; a dropped segment's kind is in `dropped`."""
-        fitted = fit_to_audio(seg, heard_end)
-        kind = "past_end" if fitted is None else self._invented(fitted)
-        if fitted is None or kind is not None:
-            self.dropped.append(kind or "past_end")
+        kind = "past_end" if self._past_end(seg, heard_end) else None
+        kept = clamp_to(seg, heard_end)
+        kind = kind or self._invented(kept)
+        if kind is not None:
+            self.dropped.append(kind)
             return None
-        plain = _plain(fitted.text)
+        plain = _plain(kept.text)
         if plain:
             self._said += f"{plain} "
-        return fitted
+        return kept
+
+    def _past_end(self, seg: Segment, end: float) -> bool:
+        """Whether `seg` starts at or after `end`, or lies mostly past it (more than
+        END_TOLERANCE_SECONDS out, more of it outside than inside) over near-silence inside: Whisper
+        stamps a real last segment a little late at times, and that one holds speech."""
+        if seg.start >= end:
+            return True
+        outside = seg.end - end
+        if outside <= END_TOLERANCE_SECONDS or outside <= end - seg.start:
+            return False
+        return segment_dbfs(self._audio, seg.start, end) < SILENCE_DBFS
 
     def _invented(self, seg: Segment) -> str | None:
         if not _WORD.search(seg.text):
