@@ -220,7 +220,7 @@ def direct_cost(n: int = 20_000) -> dict[str, float]:
     )
     started = time.perf_counter()
     for _ in range(n):
-        pipeline._observe(backend, result, [], 0.5)
+        pipeline._observe(backend, result, [], [], 0.5)
     pipeline_us = (time.perf_counter() - started) / n * 1e6
     return {"middleware_us": middleware_us, "pipeline_us": pipeline_us, "total_us": middleware_us + pipeline_us}
 

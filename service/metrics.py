@@ -81,6 +81,8 @@ NO_SPEECH_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 COMPRESSION_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.4, 3.0, 4.0, 6.0, 10.0)
 
 HALLUCINATION_KINDS = ("repetition", "silence", "phantom_phrase")
+# Segments the guard was sure were invented (service.quality.hallucination.Guard).
+DROPPED_SEGMENT_KINDS = ("past_end", "silence", "repetition")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
 # A job from submission to its end: a minute to several hours.
@@ -337,6 +339,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.dropped_segments = Counter(
+            "asr_segments_dropped",
+            "Segments the hallucination guard was sure were invented and dropped from the answer, by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.streams_active = Gauge(
             "asr_streams_active",
             "Live transcription streams (Realtime WebSocket sessions) open now.",
@@ -485,6 +493,8 @@ class Metrics:
             self.connections_closed.labels(reason)
         for kind in HALLUCINATION_KINDS:
             self.hallucinations.labels(kind)
+        for kind in DROPPED_SEGMENT_KINDS:
+            self.dropped_segments.labels(kind)
         for reason in SKIP_REASONS:
             self.quality_skipped.labels(reason)
         for outcome in WEBHOOK_OUTCOMES:

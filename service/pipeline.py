@@ -7,7 +7,8 @@
   decode     on the bounded decode pool (400/413/415/422/507);
   schedule   on a worker, by priority, with a time limit (504) and the caller's cancel token
              (499 when the client hung up, 503 when the service drains);
-  observe    hallucination guard, metrics, warnings.
+  observe    hallucination guard (segments it is sure were invented are dropped as they arrive,
+             in the worker; the rest is flagged after), metrics, warnings.
 Callers build a `Work` and differ only in what they fill in; sampling for the quality loop
 happens after the answer has gone out (`keep_sample`).
 
@@ -283,18 +284,18 @@ class Pipeline:
                 audio = await self._decoder.decode(work.source, work.token)
                 try:
                     options = self._for_audio(backend, options, work, audio.duration)
-                    transcript, seconds = await self._schedule(backend, audio, options, work)
+                    transcript, seconds, dropped = await self._schedule(backend, audio, options, work)
                     flags, health = await asyncio.to_thread(_inspect, transcript, audio)
                 except BaseException:
                     audio.close()
                     raise
-                result = Result(
-                    transcript, backend.name, backend.model, seconds, warnings=[*_warnings(flags), *audio.warnings]
-                )
+                warnings = [*_dropped_warnings(dropped), *_warnings(flags), *audio.warnings]
+                result = Result(transcript, backend.name, backend.model, seconds, warnings=warnings)
                 if work.observe:
                     # Answer time per audio second is a client's latency: interactive work only.
                     interactive = work.priority == Priority.INTERACTIVE
-                    self._observe(backend, result, flags, time.perf_counter() - admitted if interactive else None)
+                    elapsed = time.perf_counter() - admitted if interactive else None
+                    self._observe(backend, result, flags, dropped, elapsed)
                     self._observe_input(backend, audio, health)
                 return Outcome(result, audio, flags)
         finally:
@@ -303,18 +304,20 @@ class Pipeline:
 
     async def _schedule(
         self, backend: Backend, audio: DecodedAudio, options: TranscribeOptions, work: Work
-    ) -> tuple[Transcript, float]:
+    ) -> tuple[Transcript, float, list[str]]:
+        """The transcript, the engine's seconds, and the kinds of the segments the guard dropped."""
         window = self.settings.decode.long_audio_window_seconds
 
         resplit = options.batched and work.options.fine_segments
 
-        def job(cancel: threading.Event) -> tuple[Transcript, float]:
+        def job(cancel: threading.Event) -> tuple[Transcript, float, list[str]]:
             started = time.perf_counter()
-            transcript = transcribe_windowed(backend, audio, options, window, cancel, work.on_segment)
+            guard = hallucination.Guard(audio)
+            transcript = transcribe_windowed(backend, audio, options, window, cancel, work.on_segment, guard.screen)
             if resplit:
                 segments = split_by_words(transcript.segments, keep_words=work.options.word_timestamps)
                 transcript = replace(transcript, segments=segments)
-            return transcript, time.perf_counter() - started
+            return transcript, time.perf_counter() - started, guard.dropped
 
         try:
             return await self._scheduler.run(
@@ -383,7 +386,9 @@ class Pipeline:
             m.input_silence.labels(backend.model).observe(health.silence_ratio)
             m.input_snr.labels(backend.model).observe(health.snr_db)
 
-    def _observe(self, backend: Backend, result: Result, flags: list[str], elapsed: float | None) -> None:
+    def _observe(
+        self, backend: Backend, result: Result, flags: list[str], dropped: list[str], elapsed: float | None
+    ) -> None:
         m, t = self._metrics, result.transcript
         labels = (backend.name, backend.model, language_label(t.language))
         m.audio_duration.labels(*labels).observe(t.duration)
@@ -407,12 +412,21 @@ class Pipeline:
                 m.audio_events.labels(event).inc()
         for kind in flags:
             m.hallucinations.labels(kind).inc()
+        for kind in dropped:
+            m.dropped_segments.labels(kind).inc()
 
 
 _WARNING_TEXT = {
     "repetition": "suspected hallucination: the text repeats itself",
     "silence": "suspected hallucination: text over near-silent audio",
     "phantom_phrase": "suspected hallucination: a stock phrase over near-silent audio",
+}
+
+
+_DROPPED_TEXT = {
+    "past_end": "the engine placed past the end of the audio (invented over padding)",
+    "silence": "of text over silent audio (hallucination)",
+    "repetition": "repeating earlier text over near-silent audio (hallucination)",
 }
 
 
@@ -460,6 +474,12 @@ def _served(backend: Backend) -> ServedModel:
 
 def _warnings(flags: list[str]) -> list[str]:
     return [_WARNING_TEXT[f] for f in flags]
+
+
+def _dropped_warnings(dropped: list[str]) -> list[str]:
+    """One warning per kind of dropped segment, with how many, in the order first dropped."""
+    counts = {kind: dropped.count(kind) for kind in dict.fromkeys(dropped)}
+    return [f"dropped {n} {'segment' if n == 1 else 'segments'} {_DROPPED_TEXT[kind]}" for kind, n in counts.items()]
 
 
 def _inspect(transcript: Transcript, audio: DecodedAudio) -> tuple[list[str], AudioHealth | None]:

@@ -4,24 +4,34 @@ Engines compute features for the whole clip they are given (faster-whisper's STF
 takes ~600 MB for an hour), so audio longer than one window is cut at the quietest
 100 ms near each window's end, and each window is transcribed with the language found in
 the first and, where the engine takes one, the previous window's last words as prompt.
+
+Whatever the length, this is where audio meets the engine: each window (or the whole clip) is
+handed over without its trailing near-silence (service.trailing_silence), and every segment that
+comes back is screened by the caller's `screen` (the hallucination guard) before it is kept,
+passed on to a streaming caller, or used as the next window's prompt.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from service import trailing_silence
 from service.backends.base import Backend, Cancelled, Segment, TranscribeOptions, Transcript, Word
 from service.languages import join_texts
 
 if TYPE_CHECKING:
     import threading
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from service.audio import DecodedAudio
 
+# Judges each segment as it arrives, given the end (seconds from the audio's start) of the audio the
+# engine was given for it: the segment to keep, or None (service.quality.hallucination.Guard.screen).
+Screen = Callable[[Segment, float], Segment | None]
 _FRAME = 1600  # 100 ms at 16 kHz
 _SEARCH_SECONDS = 10.0  # how far back from a window's end to look for a quiet cut
 _PROMPT_CHARS = 200
@@ -53,43 +63,48 @@ def transcribe_windowed(
     window_seconds: float,
     cancel: threading.Event | None = None,
     on_segment: Callable[[Segment], None] | None = None,
+    screen: Screen | None = None,
 ) -> Transcript:
     """Transcribe `audio`, in windows when it is longer than `window_seconds`; `on_segment` is
     called with each segment (times from the start of the audio) as soon as it is known.
 
+    Each window is handed to the engine without its trailing near-silence (service.trailing_silence).
+    `screen` sees every segment first, with the end of the audio the engine was given for it, and
+    returns the segment to keep (possibly clamped) or None to drop it: what it drops is neither
+    passed on nor answered, nor used as the next window's prompt.
+
     Raises Cancelled when `cancel` is set between windows (or inside the engine).
     """
-    if audio.duration <= window_seconds:
-        return backend.transcribe(audio.read(), options, cancel, on_segment)
+    single = audio.duration <= window_seconds
+    windows = [(0, audio.num_samples)] if single else plan_windows(audio, window_seconds)
     segments: list[Segment] = []
     texts: list[str] = []
     first: Transcript | None = None
     window_options = options
-    for start, stop in plan_windows(audio, window_seconds):
+    for start, stop in windows:
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         offset = start / audio.sample_rate
-        streamed = len(segments)
-
-        def passed_on(seg: Segment, offset: float = offset) -> None:
-            nonlocal streamed
-            assert on_segment is not None
-            on_segment(shift_segment(seg, streamed, offset))
-            streamed += 1
-
-        part = backend.transcribe(audio.read(start, stop), window_options, cancel, passed_on if on_segment else None)
+        clip = trailing_silence.trim(audio.read(start, stop))
+        heard_end = offset + len(clip) / audio.sample_rate
+        take = _WindowSegments(segments, offset, heard_end, screen, on_segment)
+        part = backend.transcribe(clip, window_options, cancel, take)
+        for seg in part.segments[take.seen :]:  # an engine that did not pass every segment on
+            take(seg)
+        kept = take.kept
         if first is None:
             first = part
             window_options = replace(options, language=options.language or part.language)
-        for seg in part.segments:
-            segments.append(shift_segment(seg, len(segments), offset))
-        if part.text:
-            texts.append(part.text)
+        text = part.text if len(kept) == len(part.segments) else join_texts([s.text for s in kept], part.language)
+        if text:
+            texts.append(text)
             # Batched decoding gives one prompt to every 30 s chunk of the next window, where it is
             # the right context for the first chunk only (WER 0.064 -> 0.115 on 8 minutes): not then.
             if backend.capabilities.prompt and options.initial_prompt is None and not options.batched:
-                window_options = replace(window_options, initial_prompt=part.text[-_PROMPT_CHARS:])
+                window_options = replace(window_options, initial_prompt=text[-_PROMPT_CHARS:])
     assert first is not None
+    if single:  # all the engine said, but for what was dropped
+        return replace(first, text=texts[0] if texts else "", duration=audio.duration, segments=segments)
     return Transcript(
         text=join_texts(texts, first.language),
         language=first.language,
@@ -97,6 +112,38 @@ def transcribe_windowed(
         duration=audio.duration,
         segments=segments,
     )
+
+
+class _WindowSegments:
+    """One window's segments as the engine passes them on: shifted to the audio's timeline, screened,
+    added to the transcript's `segments` and passed on when kept."""
+
+    def __init__(
+        self,
+        segments: list[Segment],
+        offset: float,
+        heard_end: float,
+        screen: Screen | None,
+        on_segment: Callable[[Segment], None] | None,
+    ) -> None:
+        self._segments = segments
+        self._offset = offset
+        self._heard_end = heard_end
+        self._screen = screen
+        self._on_segment = on_segment
+        self.seen = 0
+        self.kept: list[Segment] = []
+
+    def __call__(self, seg: Segment) -> None:
+        self.seen += 1
+        shifted = shift_segment(seg, len(self._segments), self._offset)
+        fitted = shifted if self._screen is None else self._screen(shifted, self._heard_end)
+        if fitted is None:
+            return
+        self._segments.append(fitted)
+        self.kept.append(fitted)
+        if self._on_segment is not None:
+            self._on_segment(fitted)
 
 
 def shift_segment(seg: Segment, new_id: int, offset: float) -> Segment:

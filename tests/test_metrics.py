@@ -39,6 +39,7 @@ CATALOGUE = [
     "asr_segment_no_speech_prob",
     "asr_segment_compression_ratio",
     "asr_suspected_hallucinations_total",
+    "asr_segments_dropped_total",
 ]
 
 

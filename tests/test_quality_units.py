@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.audio import DecodedAudio
-from service.backends.base import Segment, Transcript
+from service.backends.base import Segment, Transcript, Word
 from service.config import QualitySettings
 from service.database import Database
 from service.metrics import Metrics
@@ -177,3 +177,52 @@ def test_guard_counts_characters_in_chinese_and_japanese() -> None:
     assert hallucination.inspect(_transcript("去" * 40, duration=5), speech) == ["repetition"]
     assert hallucination.inspect(_transcript("谢谢观看" * 5, duration=5), speech) == ["repetition"]
     assert hallucination.inspect(_transcript("今天天气很好，我们去公园散步吧。", duration=5), speech) == []
+
+
+def _levels(*spans: tuple[float, float]) -> DecodedAudio:
+    """Audio of consecutive (seconds, dBFS) spans of Gaussian noise; -inf for digital silence."""
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(0, 10 ** (dbfs / 20), int(seconds * 16_000)) for seconds, dbfs in spans]
+    return _audio(np.concatenate(parts))
+
+
+def test_guard_drops_what_it_is_sure_was_invented_and_keeps_real_speech() -> None:
+    said = "The committee will meet before Friday afternoon."
+    # speech 0-4 s, a pause 4-6 s, speech 6-10 s, digital silence 10-12, -70 dBFS 12-14, speech 14-18,
+    # room noise at -50 dBFS 18-20: the audio ends at 20 s.
+    audio = _levels((4, -20), (2, -75), (4, -20), (2, float("-inf")), (2, -70), (4, -20), (2, -50))
+    guard = hallucination.Guard(audio)
+    words = [Word(19.0, 19.6, " Tail", 0.9), Word(19.6, 20.3, " words.", 0.9), Word(20.3, 20.5, " Gone", 0.9)]
+    segments = [
+        Segment(0, 0.0, 4.0, said),
+        Segment(1, 6.0, 10.0, said),  # said again over real speech: kept
+        Segment(2, 10.0, 12.0, "Something new appeared here."),  # over digital silence
+        Segment(3, 12.2, 13.8, said),  # over -70 dBFS, 50 dB under the speech around it
+        Segment(4, 14.0, 18.0, "The bakery sells rye bread."),
+        Segment(5, 18.1, 19.9, said),  # over room noise: a repeat of earlier text
+        Segment(6, 18.1, 19.0, "A brand new sentence here."),  # over room noise, new text: only flagged
+        Segment(7, 19.0, 20.5, "Tail words. Gone", words=words),  # ends a little past the end: clamped
+        Segment(8, 20.0, 30.0, said),  # starts at the end
+        Segment(9, 19.5, 28.0, "Mostly past the end."),  # 8 s past the end, over room noise inside
+        Segment(10, 17.0, 25.0, "Stamped late."),  # as far past, but speech inside (17-18 s): clamped
+    ]
+    kept = [guard.screen(seg, audio.duration) for seg in segments]
+    assert [s.id for s in kept if s is not None] == [0, 1, 4, 6, 7, 10]
+    assert guard.dropped == ["silence", "silence", "repetition", "past_end", "past_end"]
+    tail, late = kept[7], kept[10]
+    assert tail is not None and tail.end == 20.0 and late is not None and late.end == 20.0
+    assert tail.words == [Word(19.0, 19.6, " Tail", 0.9), Word(19.6, 20.0, " words.", 0.9)]
+    assert hallucination.inspect(_transcript(said, duration=2), _levels((2, -50))) == ["silence"]  # as before
+
+
+def test_guard_drops_nothing_from_a_quiet_recording_that_says_a_sentence_twice() -> None:
+    """Speech recorded at -62 dBFS is under every absolute threshold, yet no quieter than what
+    surrounds it: flagged (text over near-silent audio), never dropped."""
+    said = "The committee will meet before Friday afternoon."
+    audio = _levels((4, -62), (1, -80), (4, -62))
+    guard = hallucination.Guard(audio)
+    segments = [Segment(0, 0.0, 4.0, said), Segment(1, 5.0, 9.0, said)]
+    assert [guard.screen(seg, audio.duration) for seg in segments] == segments
+    assert guard.dropped == []
+    transcript = Transcript(f"{said} {said}", "en", 1.0, 9.0, segments)
+    assert hallucination.inspect(transcript, audio) == ["silence"]

@@ -318,7 +318,15 @@ def quality() -> dict[str, Any]:
     )
     lay.row("Reference-free signals (every request)")
     flags = f"sum by (kind) (increase(asr_suspected_hallucinations_total{sel()}[$__rate_interval]))"
-    lay.add(timeseries("Suspected hallucinations by kind", [(flags, "{{kind}}")], stack=True), 8)
+    dropped = f"sum by (kind) (increase(asr_segments_dropped_total{sel()}[$__rate_interval]))"
+    lay.add(
+        timeseries(
+            "Suspected hallucinations by kind",
+            [(flags, "flagged: {{kind}}"), (dropped, "dropped: {{kind}}")],
+            description="Flagged: requests kept with a warning. Dropped: segments the guard was sure were invented.",
+        ),
+        8,
+    )
 
     def share_past(histogram: str, le: str, above: bool) -> str:
         bucket = 'le="' + le + '"'
