@@ -60,7 +60,9 @@ def shadow_model_id(settings: Settings) -> str | None:
     return named.get(shadow, SHADOW_ID)
 
 
-_RETRY_FAILED_SECONDS = 30.0  # an on-demand model that failed to load is tried again after this
+_RETRY_FAILED_SECONDS = 30.0
+LOAD_REASONS = ("preload", "demand", "admin")
+UNLOAD_REASONS = ("ttl", "budget", "admin")  # an on-demand model that failed to load is tried again after this
 
 
 def model_entries(settings: Settings) -> tuple[ModelEntry, ...]:
@@ -178,6 +180,11 @@ class ModelRegistry:
         self._preloads: list[asyncio.Task[None]] = []
         for engine in self.engines.values():
             engine.publish_state()
+            # Every (model, reason) series exists from the start, at zero, so rate() and alerts see them.
+            for reason in LOAD_REASONS:
+                metrics.model_loads.labels(engine.id, reason)
+            for reason in UNLOAD_REASONS:
+                metrics.model_unloads.labels(engine.id, reason)
 
     # ---- names ----------------------------------------------------------------------------
 
