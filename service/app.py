@@ -21,7 +21,6 @@ from starlette.exceptions import HTTPException
 
 from service.api import asr_webservice, client_secrets, health, jobs, openai, realtime, samples, transcribe
 from service.api.common import FORM_OVERHEAD_BYTES, UPLOAD_ROUTES, describe_validation_error, first_field
-from service.backends import load_backend
 from service.body_limit import BodyLimitMiddleware
 from service.client_secrets import ClientSecretStore
 from service.config import Settings
@@ -37,6 +36,7 @@ from service.lifecycle import Lifecycle
 from service.logs import configure_logging
 from service.metrics import Metrics, worker_pids
 from service.middleware import ObserverMiddleware, request_state
+from service.models import shadow_model_id
 from service.pipeline import build_pipeline
 from service.quality.job import QualityJob
 from service.quality.shadow import ShadowScorer
@@ -124,8 +124,6 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.gather(*tasks, return_exceptions=True)
             await pipeline.stop()
-            if shadow is not None:
-                await asyncio.to_thread(shadow.close)
             if shared is not None:
                 await asyncio.to_thread(shared.close)
             if metrics.multiprocess:
@@ -151,7 +149,6 @@ def create_app(
     app.state.client_secrets = secrets
     app.state.streams = StreamHub(settings.streams.max_streams, metrics, lifecycle)
     app.state.connections = connections
-    app.state.model_aliases_seen = set()  # model names clients asked for, logged once each
 
     app.include_router(health.router)
     if settings.server.metrics_port is None:
@@ -191,9 +188,9 @@ def _shadow_scorer(
             "ASR_SHADOW_MODEL is set but the quality loop is off (ASR_QUALITY_SAMPLE_RATE=0): no shadow scoring"
         )
         return None
-    model = settings.model.model_copy(update={"model": shadow.model, "backend": shadow.backend, "model_label": None})
-    reference = settings.model_copy(update={"model": model})
-    return ShadowScorer(settings, store, pipeline, metrics, lambda: load_backend(reference))
+    model = shadow_model_id(settings)
+    assert model is not None
+    return ShadowScorer(settings, store, pipeline, metrics, model)
 
 
 def _own_pids(metrics: Metrics) -> Any:

@@ -6,11 +6,13 @@ variables keep flat, readable names (ASR_QUEUE_SIZE, ASR_QUALITY_SAMPLE_RATE).
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -20,6 +22,51 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "asr-service"
 
 def _config(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True)
+
+
+# OpenAI's transcription model names: clients hard-code them, so the default model answers to them.
+OPENAI_TRANSCRIPTION_MODELS = "whisper-1,gpt-4o-transcribe,gpt-4o-mini-transcribe,gpt-4o-transcribe-diarize"
+_MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$"
+
+
+class ModelEntry(BaseModel):
+    """One model the service may serve (an item of ASR_MODELS): an engine instance with its own
+    lifecycle, chosen by requests through its id or an alias."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(..., pattern=_MODEL_ID, description="What requests name it by, and its metrics label.")
+    backend: str = Field("faster-whisper", description="Engine: faster-whisper, openai-whisper or sensevoice.")
+    model: str = Field(..., min_length=1, description="As ASR_MODEL: embedded:base, a name, a directory or file.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = "auto"
+    aliases: tuple[str, ...] = Field((), description="Other names for it, e.g. whisper-1, gpt-4o-transcribe.")
+    preload: bool = Field(False, description="Load at startup (readiness waits for it); else on first use.")
+    ttl_seconds: float | None = Field(None, gt=0, description="Unload after this long unused; None: never.")
+
+    @field_validator("aliases")
+    @classmethod
+    def aliases_are_names(cls, aliases: tuple[str, ...]) -> tuple[str, ...]:
+        for alias in aliases:
+            if not re.match(_MODEL_ID, alias):
+                raise ValueError(f"alias {alias[:40]!r} is not a model name (letters, digits, . _ : / -)")
+        return aliases
+
+
+def _model_entries(value: Any) -> Any:
+    """ASR_MODELS as given: a JSON list, or the path of a file holding one."""
+    if not isinstance(value, str) or not value.strip():
+        return value or None
+    text = value.strip()
+    if not text.startswith("["):
+        try:
+            text = Path(text).expanduser().read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"ASR_MODELS is neither a JSON list nor a readable file: {exc}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"ASR_MODELS is not valid JSON: {exc}") from None
 
 
 class ModelSettings(BaseSettings):
@@ -51,6 +98,43 @@ class ModelSettings(BaseSettings):
         DEFAULT_CACHE_DIR, description="Where the embedded model is assembled and hub models are cached."
     )
     local_files_only: bool = Field(False, description="Never contact a model hub; load only what is already on disk.")
+    models: Annotated[tuple[ModelEntry, ...] | None, NoDecode] = Field(
+        None,
+        description="Several models: a JSON list (or the path of a JSON file) of entries {id, backend, model, "
+        "device, compute_type, aliases, preload, ttl_seconds}; the first is the default. Unset: one model from "
+        "ASR_BACKEND / ASR_MODEL, preloaded, answering to ASR_MODEL_ALIASES (docs/models.md).",
+    )
+    model_aliases: str = Field(
+        OPENAI_TRANSCRIPTION_MODELS,
+        description="Without ASR_MODELS: other names the one model answers to (comma-separated).",
+    )
+    model_memory_budget_bytes: int = Field(
+        0,
+        ge=0,
+        description="Most memory the loaded models may take together (RSS growth on CPU, GPU memory on CUDA, "
+        "measured at each load); the least recently used idle ones are unloaded to make room. 0: no budget.",
+    )
+    model_load_wait_seconds: float = Field(
+        60.0, ge=0, description="How long a request waits for its model to load on demand, else 503 Retry-After."
+    )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def read_models(cls, value: Any) -> Any:
+        return _model_entries(value)
+
+    @field_validator("models")
+    @classmethod
+    def names_are_unique(cls, entries: tuple[ModelEntry, ...] | None) -> tuple[ModelEntry, ...] | None:
+        if entries is not None:
+            if not entries:
+                raise ValueError("ASR_MODELS lists no model")
+            seen: set[str] = set()
+            for name in (n for e in entries for n in (e.id, *e.aliases)):
+                if name in seen:
+                    raise ValueError(f"ASR_MODELS names {name!r} twice (ids and aliases must be unique)")
+                seen.add(name)
+        return entries
 
 
 class DecodeSettings(BaseSettings):

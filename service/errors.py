@@ -174,11 +174,44 @@ class BackendError(ServiceError):
 
 
 class NotReadyError(ServiceError):
-    """The model is still loading, or failed to load (503)."""
+    """The model is still loading, or failed to load (503; with Retry-After when known)."""
 
     status = 503
     code = "not_ready"
     reason = "not_ready"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)} if retry_after else None)
+
+
+class ModelNotFoundError(ServiceError):
+    """The request names a model no ASR_MODELS entry has, by id or alias (404, OpenAI's code)."""
+
+    status = 404
+    code = "model_not_found"
+    reason = "bad_request"
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        shown_known = ", ".join(known[:20])
+        super().__init__(f"the model {shown(name)} does not exist; models here: {shown_known}", param="model")
+
+
+class ModelBudgetError(ServiceError):
+    """A model cannot be loaded within ASR_MODEL_MEMORY_BUDGET_BYTES while the others are busy (503)."""
+
+    status = 503
+    code = "model_budget_exceeded"
+    reason = "not_ready"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "10"})
+
+
+class ModelBusyError(ServiceError):
+    """A model with requests in flight cannot be unloaded now (409)."""
+
+    status = 409
+    code = "model_busy"
 
 
 class ClientGoneError(ServiceError):

@@ -292,9 +292,37 @@ class Metrics:
         )
         self.model_load_seconds = Gauge(
             "asr_model_load_seconds",
-            "Time the model took to load and warm up.",
+            "Time each model's last load and warm-up took.",
+            ["model"],
             registry=r,
             multiprocess_mode="livemax",
+        )
+        self.model_loaded = Gauge(
+            "asr_model_loaded",
+            "1 while the model (an ASR_MODELS id) is loaded, 0 while it is not.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.model_memory = Gauge(
+            "asr_model_memory_bytes",
+            "What loading the model added to the process: RSS on CPU, GPU memory on CUDA (0 while unloaded).",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.model_loads = Counter(
+            "asr_model_loads",
+            "Model loads by reason: preload (at startup), demand (a request), admin (POST /v1/models/{id}).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.model_unloads = Counter(
+            "asr_model_unloads",
+            "Model unloads by reason: ttl (idle past its ttl_seconds), budget (room for another within "
+            "ASR_MODEL_MEMORY_BUDGET_BYTES), admin (DELETE /v1/models/{id}).",
+            ["model", "reason"],
+            registry=r,
         )
         self.ready = Gauge(
             "asr_ready",

@@ -29,9 +29,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal
 
 from service import audio_health
+from service.audio import DecodedAudio
 from service.backends.base import Backend, Cancelled, Capabilities, Segment, TranscribeOptions, Transcript
 from service.cancellation import CancelToken
 from service.errors import BackendError, BadRequestError, ServiceError, UnsupportedFeatureError, shown
@@ -49,19 +50,21 @@ if TYPE_CHECKING:
     import threading
     from collections.abc import Callable
 
-    from service.audio import DecodedAudio
+    import numpy as np
+    import numpy.typing as npt
+
     from service.audio_health import AudioHealth
     from service.config import Settings
     from service.decoding import AudioSource, DecodePool, EncodedAudio
-    from service.engine import BackendFactory, Engine
+    from service.engine import BackendFactory
     from service.lifecycle import Lifecycle
     from service.metrics import Metrics
+    from service.models import Lease, ModelRegistry, ModelStatus
     from service.quality.sampler import Sampler
     from service.quality.store import SampleStore
     from service.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 DETECTION_SECONDS = 30.0  # Whisper decides the language from one 30 s window
 
 
@@ -81,6 +84,8 @@ class RequestOptions:
     fine_segments: bool = False
     # Beam width (None: ASR_BEAM_SIZE); live partial hypotheses may use a narrower one (ASR_STREAM_PARTIAL_BEAM_SIZE).
     beam_size: int | None = None
+    # The model, by ASR_MODELS id or alias (None: the default); an unknown name is 404.
+    model: str | None = None
 
 
 @dataclass
@@ -117,7 +122,7 @@ class Pipeline:
         self,
         settings: Settings,
         metrics: Metrics,
-        engine: Engine,
+        models: ModelRegistry,
         scheduler: Scheduler,
         decoder: DecodePool,
         lifecycle: Lifecycle,
@@ -125,64 +130,92 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self._metrics = metrics
-        self._engine = engine
+        self._models = models
         self._scheduler = scheduler
         self._decoder = decoder
         self._lifecycle = lifecycle
         self._sampler = sampler
-        self._load: asyncio.Task[None] | None = None
+        self._maintenance: asyncio.Task[None] | None = None
 
     # ---- start and stop -----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the workers and load the model in the background: readiness (`served`) says
-        when it is done, and a caller that needs the model can `await loaded()`."""
+        """Start the workers and load the preloaded models in the background: readiness (`state`)
+        says when they are done, and a caller that needs them can `await loaded()`."""
         await self._scheduler.start()
-        self._load = asyncio.create_task(asyncio.to_thread(self._engine.load), name="model-load")
+        self._models.start()
+        self._maintenance = asyncio.create_task(self._models.unload_idle_forever(), name="model-ttl")
 
     async def loaded(self) -> str:
-        """Wait for the model load that `start` began; returns the engine's state (ready or failed)."""
-        if self._load is not None:
-            await asyncio.shield(self._load)
-        return self._engine.state
+        """Wait for the preloads that `start` began; returns `state` (ready or failed)."""
+        await self._models.preloaded()
+        return self.state
 
     async def stop(self) -> None:
-        """Stop the workers (work still queued is cancelled), then release the model; a load
-        under way finishes first, so its memory is released too."""
+        """Stop the workers (work still queued is cancelled), then release the models; loads under
+        way finish first, so their memory is released too."""
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
         await self._scheduler.stop()
         self._decoder.close()
-        if self._load is not None:
-            await self._load
-        await asyncio.to_thread(self._engine.close)
+        await self._models.stop()
 
     # ---- what is served -------------------------------------------------------------------
 
     @property
     def state(self) -> str:
-        """The model's state: loading, ready or failed."""
-        return self._engine.state
+        """Readiness: ready once every preloaded model is, failed when one failed, else loading."""
+        preloads = [e for e in self._models.engines.values() if e.entry.preload]
+        if any(e.state == "failed" for e in preloads):
+            return "failed"
+        return "ready" if all(e.state == "ready" for e in preloads) else "loading"
 
     def load_error(self, detailed: bool) -> str | None:
-        """Why the model failed to load: in full (paths, hub errors) for the admin, else only its
-        label and the kind of failure; None when it did not fail."""
-        return self._engine.error if detailed else self._engine.public_error
+        """Why a preloaded model failed to load: in full (paths, hub errors) for the admin, else
+        only its id and the kind of failure; None when none failed."""
+        for engine in self._models.engines.values():
+            if engine.entry.preload and engine.state == "failed":
+                return engine.error if detailed else engine.public_error
+        return None
 
     def served(self) -> ServedModel | None:
-        """The model being served, or None while it loads (or after it failed to)."""
-        backend = self._engine.backend
+        """The default model, or None while it loads (or after it failed to)."""
+        backend = self._models.default.backend
         return None if backend is None else _served(backend)
 
-    def model(self) -> ServedModel:
-        """The model being served; raises NotReadyError (503) while it loads or after a failure."""
-        return _served(self._engine.ready_backend())
+    def model(self, name: str | None = None) -> ServedModel:
+        """The model `name` (id or alias; None: the default) while it is loaded; raises
+        ModelNotFoundError (404), NotReadyError (503) while it is not loaded."""
+        return _served(self._models.resolve(name).ready_backend())
+
+    def resolve_model(self, name: str | None) -> str:
+        """The id of the model a client names (None: the default); raises ModelNotFoundError (404)."""
+        return self._models.resolve(name).id
+
+    def models(self) -> list[ModelStatus]:
+        """Every configured model with its state (GET /v1/models)."""
+        return self._models.statuses()
+
+    async def load_model(self, name: str) -> ModelStatus:
+        """Load a model now (the admin); returns its status (ready, or failed with the reason logged)."""
+        engine = await self._models.load(name)
+        return next(s for s in self._models.statuses() if s.id == engine.id)
+
+    async def unload_model(self, name: str) -> bool:
+        """Unload a model (the admin); False when it was not loaded. Raises ModelBusyError (409)."""
+        return await self._models.unload(name)
 
     # ---- admission and checks ---------------------------------------------------------
 
-    def admit(self, room: bool = True) -> None:
+    def admit(self, room: bool = True, model: str | None = None) -> None:
         """Raise now, before an upload is read or a stream opened, what admission would raise
-        after: 503 (not ready, draining), or 429 unless `room` is False (the caller waits for a
-        place instead, or takes none: jobs, streams)."""
-        self._engine.ready_backend()
+        after: 404 (no such model), 503 (a preloaded model loading or failed, draining), or 429
+        unless `room` is False (the caller waits for a place instead, or takes none: jobs,
+        streams). A model that loads on demand is loaded (or retried) by the request that needs it."""
+        engine = self._models.resolve(model)
+        if engine.entry.preload and engine.state in ("loading", "failed"):
+            engine.ready_backend()  # raises the answer: still loading (at startup), or failed
         self._lifecycle.check_accepting()
         if room:
             self._scheduler.check_room()
@@ -197,8 +230,15 @@ class Pipeline:
         self._lifecycle.on_drain(callback)
 
     def check_options(self, request: RequestOptions) -> TranscribeOptions:
-        """Return engine options for `request`; raises BadRequestError / UnsupportedFeatureError."""
-        backend = self._engine.ready_backend()
+        """Return engine options for `request`; raises ModelNotFoundError (404), BadRequestError /
+        UnsupportedFeatureError (422). A model not loaded yet is checked only by name here: its
+        capabilities are checked again once a request has loaded it."""
+        backend = self._models.resolve(request.model).backend
+        return self._options_for(backend, request)
+
+    def _options_for(self, backend: Backend | None, request: RequestOptions) -> TranscribeOptions:
+        if backend is None:
+            return self._engine_options(request, vad_filter_offered=True)
         caps = backend.capabilities
         if request.language is not None and request.language not in caps.languages:
             known = ", ".join(sorted(caps.languages))
@@ -216,12 +256,15 @@ class Pipeline:
         for feature, (asked, offered) in wanted.items():
             if asked and not offered:
                 raise UnsupportedFeatureError(f"{feature} is not supported by {backend.name} model {backend.model}")
+        return self._engine_options(request, vad_filter_offered=caps.vad_filter)
+
+    def _engine_options(self, request: RequestOptions, vad_filter_offered: bool) -> TranscribeOptions:
         vad = self.settings.decode.vad_filter_default if request.vad_filter is None else request.vad_filter
         return TranscribeOptions(
             language=request.language,
             task="translate" if request.task == "translate" else "transcribe",
             word_timestamps=request.word_timestamps,
-            vad_filter=vad and caps.vad_filter,
+            vad_filter=vad and vad_filter_offered,
             initial_prompt=request.prompt or None,
             temperature=request.temperature,
             beam_size=request.beam_size,
@@ -269,9 +312,9 @@ class Pipeline:
         Raises a ServiceError subclass for everything a client should hear (4xx/5xx), and
         Preempted for IDLE work that gave its worker away.
         """
-        backend = self._engine.ready_backend()
+        engine = self._models.resolve(work.options.model)
         self._lifecycle.check_accepting()
-        options = self.check_options(work.options)
+        self._options_for(engine.backend, work.options)  # 422 before a place is taken, when it can tell
         ticket = None
         if work.priority == Priority.INTERACTIVE:
             waiting = work.admission_wait > 0
@@ -279,31 +322,40 @@ class Pipeline:
         try:
             with self._lifecycle.track(work.token):
                 admitted = time.perf_counter()
-                if work.mode == "detect_language":
-                    return await self._detect(backend, work)
-                audio = await self._decoder.decode(work.source, work.token)
+                lease = await self._models.acquire(engine)
                 try:
-                    options = self._for_audio(backend, options, work, audio.duration)
-                    transcript, seconds, dropped = await self._schedule(backend, audio, options, work)
-                    flags, health = await asyncio.to_thread(_inspect, transcript, audio)
-                except BaseException:
-                    audio.close()
-                    raise
-                warnings = [*_dropped_warnings(dropped), *_warnings(flags), *audio.warnings]
-                result = Result(transcript, backend.name, backend.model, seconds, warnings=warnings)
-                if work.observe:
-                    # Answer time per audio second is a client's latency: interactive work only.
-                    interactive = work.priority == Priority.INTERACTIVE
-                    elapsed = time.perf_counter() - admitted if interactive else None
-                    self._observe(backend, result, flags, dropped, elapsed)
-                    self._observe_input(backend, audio, health)
-                return Outcome(result, audio, flags)
+                    return await self._run(lease, work, admitted)
+                finally:
+                    lease.release()
         finally:
             if ticket is not None:
                 ticket.release()
 
+    async def _run(self, lease: Lease, work: Work, admitted: float) -> Outcome:
+        backend = lease.backend
+        options = self._options_for(backend, work.options)
+        if work.mode == "detect_language":
+            return await self._detect(lease, work)
+        audio = await self._decoder.decode(work.source, work.token)
+        try:
+            options = self._for_audio(backend, options, work, audio.duration)
+            transcript, seconds, dropped = await self._schedule(lease, audio, options, work)
+            flags, health = await asyncio.to_thread(_inspect, transcript, audio)
+        except BaseException:
+            audio.close()
+            raise
+        warnings = [*_dropped_warnings(dropped), *_warnings(flags), *audio.warnings]
+        result = Result(transcript, backend.name, backend.model, seconds, warnings=warnings)
+        if work.observe:
+            # Answer time per audio second is a client's latency: interactive work only.
+            interactive = work.priority == Priority.INTERACTIVE
+            elapsed = time.perf_counter() - admitted if interactive else None
+            self._observe(backend, result, flags, dropped, elapsed)
+            self._observe_input(backend, audio, health)
+        return Outcome(result, audio, flags)
+
     async def _schedule(
-        self, backend: Backend, audio: DecodedAudio, options: TranscribeOptions, work: Work
+        self, lease: Lease, audio: DecodedAudio, options: TranscribeOptions, work: Work
     ) -> tuple[Transcript, float, list[str]]:
         """The transcript, the engine's seconds, and the kinds of the segments the guard dropped."""
         window = self.settings.decode.long_audio_window_seconds
@@ -311,9 +363,10 @@ class Pipeline:
         resplit = options.batched and work.options.fine_segments
 
         def job(cancel: threading.Event) -> tuple[Transcript, float, list[str]]:
-            started = time.perf_counter()
-            guard = hallucination.Guard(audio)
-            transcript = transcribe_windowed(backend, audio, options, window, cancel, work.on_segment, guard.screen)
+            with lease.running() as backend:  # the model stays loaded until this thread is done
+                started = time.perf_counter()
+                guard = hallucination.Guard(audio)
+                transcript = transcribe_windowed(backend, audio, options, window, cancel, work.on_segment, guard.screen)
             if resplit:
                 segments = split_by_words(transcript.segments, keep_words=work.options.word_timestamps)
                 transcript = replace(transcript, segments=segments)
@@ -334,13 +387,14 @@ class Pipeline:
         except Exception as exc:
             raise self._backend_failure(exc) from exc
 
-    async def _detect(self, backend: Backend, work: Work) -> Outcome:
+    async def _detect(self, lease: Lease, work: Work) -> Outcome:
         """Language detection on the first 30 s: decode them, ask the engine, count nothing as served."""
         audio = await self._decoder.decode(work.source, work.token, keep_seconds=DETECTION_SECONDS)
 
         def job(cancel: threading.Event) -> tuple[tuple[str, float], float]:
-            started = time.perf_counter()
-            return backend.detect_language(audio.read()), time.perf_counter() - started
+            with lease.running() as backend:
+                started = time.perf_counter()
+                return backend.detect_language(audio.read()), time.perf_counter() - started
 
         try:
             (language, probability), seconds = await self._scheduler.run(
@@ -353,13 +407,23 @@ class Pipeline:
             audio.close()
             raise self._backend_failure(exc) from exc
         transcript = Transcript("", language, probability, audio.duration, [])
+        backend = lease.backend
         return Outcome(Result(transcript, backend.name, backend.model, seconds), audio, [])
 
-    async def run_idle(self, job: Callable[[threading.Event], T], time_limit: float) -> T:
-        """Run blocking engine work of the service's own (shadow scoring) on a worker at IDLE
-        priority: only when nothing else waits. Raises Preempted when a request takes the worker,
-        and the answer for a cancelled token (504 past `time_limit`)."""
-        return await self._scheduler.run(job, token=CancelToken(), priority=Priority.IDLE, time_limit=time_limit)
+    async def transcribe_idle(
+        self, audio: npt.NDArray[np.float32], model: str, language: str | None
+    ) -> tuple[str, float]:
+        """Transcribe samples of the service's own (shadow scoring) with `model` at IDLE priority:
+        only when nothing else waits, counted nowhere. `language` is used when the model knows it
+        (once it is loaded), else detected. Returns (text, engine seconds); raises Preempted when a
+        request takes the worker, and the ServiceError of a failure."""
+        served = self._models.resolve(model).backend
+        known = served is not None and language in served.capabilities.languages
+        options = RequestOptions(language=language if known else None, model=model)
+        work = Work(options, DecodedAudio.from_array(audio), priority=Priority.IDLE, observe=False)
+        outcome = await self.transcribe(work)
+        outcome.audio.close()
+        return outcome.result.transcript.text, outcome.result.processing_seconds
 
     async def keep_sample(self, outcome: Outcome, request_id: str | None = None) -> str | None:
         """Offer the outcome to the quality sampler (after the answer has gone out); frees its audio."""
@@ -441,16 +505,16 @@ def build_pipeline(
     `lifecycle` (its drain; a fresh one by default). Start it with `await pipeline.start()`."""
     from service.backends import on_gpu
     from service.decoding import DecodePool
-    from service.engine import Engine
     from service.hardware import decode_workers, worker_count
     from service.lifecycle import Lifecycle
+    from service.models import ModelRegistry
     from service.quality.sampler import Sampler
     from service.scheduler import Scheduler
 
     return Pipeline(
         settings,
         metrics,
-        Engine(settings, metrics, backend_factory),
+        ModelRegistry(settings, metrics, backend_factory),
         Scheduler(
             worker_count(settings, on_gpu(settings)),
             settings.scheduler.queue_size,

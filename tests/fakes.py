@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service.backends.base import Cancelled, Capabilities, Segment, TranscribeOptions, Transcript
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
+    from service.backends.base import Backend
     from service.config import Settings
 
 
@@ -74,3 +75,47 @@ class FakeBackend:
 
 def factory(backend: FakeBackend) -> Callable[[Settings], FakeBackend]:
     return lambda settings: backend
+
+
+def fake_beside_real_shadow(backend: FakeBackend) -> Callable[[Settings], Backend]:
+    """`backend` for the served models, the real engine for the shadow model's entry (its id is
+    service.models.SHADOW_ID), so that shadow transcripts differ from the served ones."""
+    from service.backends import load_backend
+    from service.models import SHADOW_ID
+
+    def make(settings: Settings) -> Backend:
+        return load_backend(settings) if settings.model.model_label == SHADOW_ID else backend
+
+    return make
+
+
+@dataclass
+class SizedBackend(FakeBackend):
+    """A fake engine that really takes `megabytes` of memory while loaded (the process's RSS grows
+    by it), so that the model memory budget is tested on measured memory."""
+
+    megabytes: int = 0
+    _weights: Any = None
+
+    def __post_init__(self) -> None:
+        import numpy
+
+        # ones(), not zeros(): the pages must be touched to count in RSS.
+        self._weights = numpy.ones(self.megabytes * 2**20, dtype=numpy.uint8) if self.megabytes else None
+
+    def close(self) -> None:
+        self._weights = None
+        self.closed = True
+
+
+def by_model(**makers: Callable[[], FakeBackend]) -> Callable[[Settings], FakeBackend]:
+    """A backend factory building a fresh fake per load, chosen by the entry's id (model label)."""
+
+    def make(settings: Settings) -> FakeBackend:
+        label = settings.model.model_label
+        assert label is not None and label in makers, label
+        backend = makers[label]()
+        backend.model = label  # as a real engine reports its entry's id
+        return backend
+
+    return make

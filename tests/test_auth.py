@@ -146,7 +146,7 @@ def test_the_key_opens_the_client_routes(client: TestClient, speech_dir: Path) -
     with open(speech_dir / "fox.wav", "rb") as fh:
         r = client.post("/transcribe", files={"file": fh}, headers=auth)
     assert r.status_code == 200, r.text
-    assert client.get("/v1/models", headers=auth).json()["data"][0]["id"] == "fake-model"
+    assert client.get("/v1/models", headers=auth).json()["data"][0]["id"] == "whisper-tiny.en"
     assert client.get(f"/v1/jobs/{'0' * 32}", headers=auth).status_code == 404
 
 

@@ -452,7 +452,7 @@ def test_an_engine_without_its_extra_names_the_extra(make_install: Install, back
     assert readiness == {"status": "failed", "error": f"MissingExtraError: {message}"}
     # One line in the log says it, and no traceback buries it.
     [line] = [line for line in log.splitlines() if "asr-service[" in line]
-    assert line.endswith(f"model failed to load: MissingExtraError: {message}"), log
+    assert line.endswith(f"failed to load: MissingExtraError: {message}"), log
     assert "Traceback" not in log, log
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from service.quality.scoring import basic_normalize
 from service.quality.store import SampleStore
-from tests.conftest import SENTENCES, make_settings, run_cli, running_app
-from tests.fakes import FakeBackend, factory
+from tests.conftest import SENTENCES, make_settings, run_cli, running_app, until
+from tests.fakes import FakeBackend, factory, fake_beside_real_shadow
 
 pytestmark = pytest.mark.anyio
 ADMIN = {"Authorization": "Bearer adm1n"}
@@ -146,15 +146,11 @@ async def test_one_replica_at_a_time_shadow_scores_a_store(
         shadow={"model": "embedded:tiny.en", "interval_seconds": 3600},
         database=database,
     )
-    async with running_app(settings, factory(FakeBackend(text="the quick brown fox"))) as h:
+    async with running_app(settings, fake_beside_real_shadow(FakeBackend(text="the quick brown fox"))) as h:
         shadow, store = h.app.state.shadow, h.app.state.store
-        # The run at startup (which loads the shadow model) ends before the sample arrives.
-        async with asyncio.timeout(30):
-            while True:
-                with store.database.exclusive("shadow", wait=False) as free:
-                    if free and shadow._backend is not None:
-                        break
-                await asyncio.sleep(0.05)
+
+        # The run at startup (with nothing to shadow yet) ends before the sample arrives.
+        await until(lambda: shadow.runs >= 1, what="the startup run")
         r = await h.client.post("/transcribe", files={"file": ("fox.wav", (speech_dir / "fox.wav").read_bytes())})
         assert r.status_code == 200
         async with asyncio.timeout(10):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.conftest import make_settings, running_app
-from tests.fakes import FakeBackend, factory
+from tests.fakes import FakeBackend, factory, fake_beside_real_shadow
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -61,7 +61,7 @@ async def test_every_quality_total_is_restored_into_the_counter_it_was_counted_i
         database=database,
     )
     audio = (speech_dir / "fox.wav").read_bytes()
-    async with running_app(first, factory(FakeBackend(text="the quick brown cat"))) as h:
+    async with running_app(first, fake_beside_real_shadow(FakeBackend(text="the quick brown cat"))) as h:
         for language in LANGUAGES:
             r = await h.client.post("/transcribe", files={"file": ("fox.wav", audio)}, data={"language": language})
             assert r.status_code == 200

@@ -213,6 +213,26 @@ def performance() -> dict[str, Any]:
     )
     hooks = [(f"sum by (outcome) (increase(asr_webhook_deliveries_total{sel()}[$__rate_interval]))", "{{outcome}}")]
     lay.add(timeseries("Webhook deliveries by outcome", hooks, stack=True), 8)
+    lay.row("Models (ASR_MODELS: loaded on demand, unloaded by TTL, budget or the admin)")
+    loaded = [(f"max by (model) (asr_model_loaded{sel()})", "{{model}}")]
+    lay.add(timeseries("Loaded models", loaded, description="1 while loaded, per ASR_MODELS id."), 6)
+    memory = [(f"sum by (model) (asr_model_memory_bytes{sel()})", "{{model}}")]
+    budget_doc = "What each load added (RSS on CPU, GPU memory on CUDA); their sum stays within the budget."
+    lay.add(timeseries("Model memory", memory, "bytes", stack=True, description=budget_doc), 6)
+    churn = [
+        (
+            f"sum by (model, reason) (increase(asr_model_loads_total{sel()}[$__rate_interval]))",
+            "load {{model}} {{reason}}",
+        ),
+        (
+            f"sum by (model, reason) (increase(asr_model_unloads_total{sel()}[$__rate_interval]))",
+            "unload {{model}} {{reason}}",
+        ),
+    ]
+    thrash_doc = "ASRModelThrashing fires when a model is evicted by the budget and loaded again 3+ times an hour."
+    lay.add(timeseries("Loads and unloads by reason", churn, description=thrash_doc), 6)
+    load_time = [(f"max by (model) (asr_model_load_seconds{sel()})", "{{model}}")]
+    lay.add(timeseries("Load time (with warm-up)", load_time, "s"), 6)
     return dashboard(
         "asr-performance",
         "ASR performance",

@@ -19,7 +19,7 @@ import asyncio
 import shutil
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Request
@@ -159,7 +159,9 @@ async def submit(
         raise QueueFullError(60)
     upload = await read_upload(request, pipeline, settings, JobForm, _job_options, takes_place=False)
     try:
-        pipeline.check_options(upload.work.options)
+        # The job keeps the model's id (not an alias), so that it resumes on the same model.
+        options = replace(upload.work.options, model=pipeline.resolve_model(upload.work.options.model))
+        pipeline.check_options(options)
         fields = upload.fields
         webhook = check_url(fields.webhook_url, settings.webhook) if fields.webhook_url else None
         source = upload.work.source
@@ -167,7 +169,7 @@ async def submit(
         await pipeline.probe(source)
         spooled = await asyncio.to_thread(_spool, source.file, runner.store.root)
         job = await asyncio.to_thread(
-            runner.store.create, spooled, asdict(upload.work.options), upload.filename, webhook, caller.key
+            runner.store.create, spooled, asdict(options), upload.filename, webhook, caller.key
         )
     finally:
         await upload.close()

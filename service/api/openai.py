@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.api import sse
 from service.api.common import UPLOAD_ERRORS, documented, form_openapi, respond
-from service.api.deps import ApiKeyDep, MetricsDep, PipelineDep, SettingsDep, WorkKeyDep
+from service.api.deps import AdminDep, ApiKeyDep, MetricsDep, PipelineDep, SettingsDep, WorkKeyDep
 from service.api.schemas import (
     ModelCard,
     ModelList,
@@ -22,9 +22,10 @@ from service.api.schemas import (
     openai_answer,
 )
 from service.api.uploads import read_upload, run_upload
-from service.errors import ServiceError, shown
+from service.errors import ServiceError
 from service.formats import FINE_FORMATS, ResponseFormat
 from service.languages import normalize_language
+from service.models import ModelStatus
 from service.pipeline import RequestOptions
 
 if TYPE_CHECKING:
@@ -45,7 +46,10 @@ class TranslationForm(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(
-        ..., max_length=256, description="Any name: the served model answers (see /v1/models), as for `whisper-1`."
+        ...,
+        max_length=256,
+        description="A model's id or alias (GET /v1/models); by default `whisper-1` and OpenAI's other "
+        "transcription names are the default model's aliases. Unknown: 404 model_not_found.",
     )
     prompt: str | None = Field(None, max_length=2000)
     response_format: ResponseFormat = "json"
@@ -64,17 +68,6 @@ class TranscriptionForm(TranslationForm):
         return [value] if isinstance(value, str) else value
 
 
-def _check_model(request: Request, pipeline: Pipeline, form: TranslationForm) -> None:
-    served = pipeline.model().model
-    if form.model not in (served, OPENAI_DEFAULT_MODEL):
-        # OpenAI-compatible servers answer any model name with the model they serve (clients
-        # hard-code names such as gpt-4o-transcribe); say so once per name, not per request.
-        seen: set[str] = request.app.state.model_aliases_seen
-        if form.model not in seen and len(seen) < 100:
-            seen.add(form.model)
-            log.info("model %s requested: served by %s", shown(form.model), served)
-
-
 async def _respond(
     request: Request,
     pipeline: Pipeline,
@@ -84,7 +77,6 @@ async def _respond(
     task: Literal["transcribe", "translate"],
 ) -> Response:
     def options(form: TranslationForm) -> RequestOptions:
-        _check_model(request, pipeline, form)
         words = isinstance(form, TranscriptionForm) and "word" in form.timestamp_granularities
         language = form.language if isinstance(form, TranscriptionForm) else None
         return RequestOptions(
@@ -94,6 +86,7 @@ async def _respond(
             prompt=form.prompt,
             temperature=form.temperature,
             fine_segments=form.response_format in FINE_FORMATS,
+            model=pipeline.resolve_model(form.model),  # 404 model_not_found for a name no entry has
         )
 
     upload = await read_upload(request, pipeline, settings, form_model, options)
@@ -153,9 +146,47 @@ async def translations(
     return await _respond(request, pipeline, settings, metrics, TranslationForm, "translate")
 
 
+def _card(status: ModelStatus) -> ModelCard:
+    return ModelCard(
+        id=status.id,
+        created=_STARTED,
+        owned_by=status.backend,
+        state=status.state,
+        aliases=list(status.aliases),
+        preload=status.preload,
+        ttl_seconds=status.ttl_seconds,
+        memory_bytes=status.memory_bytes,
+        load_seconds=round(status.load_seconds, 3) if status.load_seconds is not None else None,
+        in_flight=status.in_flight,
+    )
+
+
+def _status(pipeline: Pipeline, model_id: str) -> ModelStatus:
+    wanted = pipeline.resolve_model(model_id)  # 404 model_not_found
+    return next(s for s in pipeline.models() if s.id == wanted)
+
+
 @router.get("/models", responses=documented(401))
 async def models(caller: ApiKeyDep, pipeline: PipelineDep) -> ModelList:
-    """The served model, in OpenAI's list shape (empty while the model loads)."""
-    served = pipeline.served()
-    data = [] if served is None else [ModelCard(id=served.model, created=_STARTED, owned_by=served.backend)]
-    return ModelList(data=data)
+    """Every configured model, in OpenAI's list shape, with its state (unloaded, loading, ready, failed)."""
+    return ModelList(data=[_card(s) for s in pipeline.models()])
+
+
+@router.get("/models/{model_id:path}", responses=documented(401, 404))
+async def model(caller: ApiKeyDep, pipeline: PipelineDep, model_id: str) -> ModelCard:
+    """One model by id or alias (OpenAI's retrieve)."""
+    return _card(_status(pipeline, model_id))
+
+
+@router.post("/models/{model_id:path}", responses=documented(401, 403, 404, 503))
+async def load_model(_: AdminDep, pipeline: PipelineDep, model_id: str) -> ModelCard:
+    """Load a model now (admin); answers once it is ready or has failed (its state says which)."""
+    pipeline.resolve_model(model_id)
+    return _card(await pipeline.load_model(model_id))
+
+
+@router.delete("/models/{model_id:path}", responses=documented(401, 403, 404, 409))
+async def unload_model(_: AdminDep, pipeline: PipelineDep, model_id: str) -> ModelCard:
+    """Unload a model (admin): 409 model_busy while requests use it; it loads again on its next request."""
+    await pipeline.unload_model(model_id)
+    return _card(_status(pipeline, model_id))

@@ -237,14 +237,23 @@ def openai_answer(
 
 
 class ModelCard(Answer):
+    """OpenAI's model object, and its state here (docs/models.md)."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
-    owned_by: str
+    owned_by: str = Field(description="The engine: faster-whisper, openai-whisper or sensevoice.")
+    state: Literal["unloaded", "loading", "ready", "unloading", "failed"]
+    aliases: list[str] = Field(description="Other names requests may use for it.")
+    preload: bool = Field(description="Loaded at startup; readiness waits for it.")
+    ttl_seconds: float | None = Field(description="Unloaded after this long unused; null: never.")
+    memory_bytes: int | None = Field(description="What loading it added to the process, while loaded.")
+    load_seconds: float | None = Field(description="How long its last load (with warm-up) took.")
+    in_flight: int = Field(description="Requests using it now.")
 
 
 class ModelList(Answer):
-    """OpenAI's model list: the served model (empty while it loads)."""
+    """OpenAI's model list: every configured model, loaded or not."""
 
     object: Literal["list"] = "list"
     data: list[ModelCard]

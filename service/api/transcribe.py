@@ -30,6 +30,9 @@ class TranscribeForm(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
+    model: str | None = Field(
+        None, max_length=256, description="A model's id or alias (GET /v1/models); default: the default model."
+    )
     language: str = Field("auto", description="ISO code (e.g. `en`), English name, or `auto` to detect.")
     task: Literal["transcribe", "translate"] = Field("transcribe", description="`translate` gives English text.")
     word_timestamps: bool = Field(False, description="Include per-word timings.")
@@ -64,6 +67,7 @@ def request_options(form: TranscribeForm, fine_segments: bool | None = None) -> 
         prompt=form.prompt,
         rich_output=form.rich_output,
         fine_segments=fine_segments,
+        model=form.model,  # resolved by the pipeline: 404 model_not_found for a name no entry has
     )
 
 

@@ -107,7 +107,7 @@ class JobRunner:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _tick(self) -> None:
-        ready = self.pipeline.served() is not None
+        ready = self.pipeline.state == "ready"
         while ready and not self._draining and len(self._running) < self.settings.jobs.concurrency:
             job = await asyncio.to_thread(self.store.claim, self.owner, set(self._running))
             if job is None:
@@ -249,8 +249,8 @@ class JobRunner:
         transcript = Transcript(
             join_texts(texts, language), language, job.language_probability or 0.0, job.duration or 0.0, segments
         )
-        served = self.pipeline.served()
-        name, model = (served.backend, served.model) if served is not None else ("unknown", "unknown")
+        model = RequestOptions(**job.options).model or self.pipeline.resolve_model(None)
+        name = next((s.backend for s in self.pipeline.models() if s.id == model), "unknown")
         elapsed = (job.finished_at or time.time()) - (job.started_at or job.created_at)
         return Result(transcript, name, model, elapsed)
 

@@ -22,36 +22,32 @@ import time
 import wave
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from service.backends.base import TranscribeOptions
 from service.quality import totals
 from service.quality.scoring import score
 from service.scheduler import Preempted
 
 if TYPE_CHECKING:
-    import threading
-    from collections.abc import Callable
-
     import numpy.typing as npt
 
-    from service.backends.base import Backend
     from service.config import Settings
     from service.metrics import Metrics
     from service.quality.store import SampleRecord, SampleStore
 
 log = logging.getLogger(__name__)
 _HOUR = 3600.0
-T = TypeVar("T")
 
 
-class IdleRunner(Protocol):
+class IdleTranscriber(Protocol):
     """Where shadow transcriptions run: the pipeline's idle-priority verb (a Protocol, so that
     quality does not depend on the pipeline, which depends on quality's sampler)."""
 
-    async def run_idle(self, job: Callable[[threading.Event], T], time_limit: float) -> T: ...
+    async def transcribe_idle(
+        self, audio: npt.NDArray[np.float32], model: str, language: str | None
+    ) -> tuple[str, float]: ...
 
 
 @dataclass
@@ -68,16 +64,16 @@ class ShadowScorer:
         self,
         settings: Settings,
         store: SampleStore,
-        pipeline: IdleRunner,
+        pipeline: IdleTranscriber,
         metrics: Metrics,
-        load: Callable[[], Backend],
+        model: str,
     ) -> None:
         self.settings = settings
         self.store = store
         self.pipeline = pipeline
         self.metrics = metrics
-        self._load = load
-        self._backend: Backend | None = None
+        self.model = model  # the ASR_MODELS entry that transcribes (service.models.shadow_model_id)
+        self.runs = 0  # runs finished (for the log and the tests: the startup run is one)
         self._spent: deque[tuple[float, float]] = deque()  # (when, engine seconds) in the last hour
         self._counters = totals.TotalCounters(metrics)
 
@@ -100,12 +96,11 @@ class ShadowScorer:
             try:
                 return await self._run(limit)
             finally:
+                self.runs += 1
                 await asyncio.to_thread(held.close)
 
     async def _run(self, limit: int) -> ShadowReport:
         report = ShadowReport()
-        if self._backend is None:
-            self._backend = await asyncio.to_thread(self._load)
         for record in await asyncio.to_thread(self.store.unshadowed, limit):
             if self.budget_left() <= 0:
                 report.stopped = "budget"
@@ -123,19 +118,9 @@ class ShadowScorer:
         return report
 
     async def _shadow(self, record: SampleRecord) -> float:
-        backend = self._backend
-        assert backend is not None
         audio = await asyncio.to_thread(_read_wav, self.store, record.id)
         served = (await asyncio.to_thread(self.store.load_document, record.id))["hypothesis"]
-        language = record.language if record.language in backend.capabilities.languages else None
-        options = TranscribeOptions(language=language)
-
-        def job(cancel: threading.Event) -> tuple[str, float]:
-            started = time.perf_counter()
-            text = backend.transcribe(audio, options, cancel).text
-            return text, time.perf_counter() - started
-
-        text, seconds = await self.pipeline.run_idle(job, time_limit=max(60.0, 10 * record.duration))
+        text, seconds = await self.pipeline.transcribe_idle(audio, self.model, record.language)
         self._spent.append((time.monotonic(), seconds))
         self.metrics.quality_shadow_seconds.inc(seconds)
         agreement = score(text, served, record.language, self.settings.quality.normalizer)
@@ -165,11 +150,6 @@ class ShadowScorer:
             except Exception:
                 log.exception("shadow scoring failed")
             await asyncio.sleep(interval)
-
-    def close(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
 
 
 def _read_wav(store: SampleStore, sample_id: str) -> npt.NDArray[np.float32]:
