@@ -111,7 +111,7 @@ class ModelSettings(BaseSettings):
     model_memory_budget_bytes: int = Field(
         0,
         ge=0,
-        description="Most memory the loaded models may take together (RSS growth on CPU, GPU memory on CUDA, "
+        description="Most memory the loaded models may take together (heap in use on CPU, GPU memory on CUDA, "
         "measured at each load); the least recently used idle ones are unloaded to make room. 0: no budget.",
     )
     model_load_wait_seconds: float = Field(

@@ -306,7 +306,7 @@ class Metrics:
         )
         self.model_memory = Gauge(
             "asr_model_memory_bytes",
-            "What loading the model added to the process: RSS on CPU, GPU memory on CUDA (0 while unloaded).",
+            "What loading the model added to the process: heap in use on CPU, GPU memory on CUDA (0 while unloaded).",
             ["model"],
             registry=r,
             multiprocess_mode="livesum",

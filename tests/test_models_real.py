@@ -73,7 +73,8 @@ async def test_a_budget_measured_on_real_models_evicts_the_idle_one(tmp_path: Pa
         assert (await h.client.post("/transcribe", files={"file": ("a.wav", fox)}, data={"model": "tiny"})).is_success
         sizes = {m.id: m.memory_bytes for m in h.app.state.pipeline.models() if m.memory_bytes}
     assert sizes["base"] > sizes["tiny"] > 20 * 2**20, sizes
-    # Then a budget with room for base and one tiny.en, not two.
+    # Then a budget with room for base and one tiny.en, not two (the sizes are the C heap each load
+    # kept: the same at every load, see service.models._memory_in_use).
     budget = sizes["base"] + int(1.5 * sizes["tiny"])
     settings = make_settings(tmp_path, model={"models": models, "model_memory_budget_bytes": budget})
     async with running_app(settings) as h:
