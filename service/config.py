@@ -291,7 +291,9 @@ class WebhookSettings(BaseSettings):
         None, description="Key for the HMAC-SHA256 signature (X-ASR-Signature) of every webhook; unsigned when unset."
     )
     allowed_hosts: str = Field(
-        "", description="Comma-separated hosts webhooks may go to (empty: any); others are refused with 422."
+        "",
+        description="Comma-separated hosts webhooks may go to (empty: any whose address is allowed); others are "
+        "refused with 422.",
     )
     allowed_networks: str = Field(
         "",

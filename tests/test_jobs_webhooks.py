@@ -172,6 +172,34 @@ async def wait_webhook(h: Any, job_id: str, states: set[str], timeout: float = 3
             await asyncio.sleep(0.05)
 
 
+def test_the_address_policy_sees_through_embedded_ipv4_and_takes_explicit_allowances() -> None:
+    from pydantic import ValidationError
+
+    from service.config import WebhookSettings
+    from service.jobs.destinations import AddressPolicy
+
+    def verdicts(policy: AddressPolicy, addresses: list[str]) -> list[bool]:
+        return [policy.allows(ipaddress.ip_address(a)) for a in addresses]
+
+    refused = ["127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0"]
+    refused += ["224.0.0.1", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "64:ff9b::a9fe:a9fe", "2002:7f00:1::"]
+    public = ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "::ffff:93.184.216.34"]
+    default = AddressPolicy.of(allow_private=False, networks="")
+    assert verdicts(default, refused) == [False] * len(refused)
+    assert verdicts(default, public) == [True] * len(public)
+    loopback = AddressPolicy.of(allow_private=False, networks="127.0.0.0/8, 10.1.0.0/16")
+    assert verdicts(loopback, ["127.0.0.1", "::ffff:127.0.0.1", "10.1.2.3", "10.2.0.1", "::1"]) == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert verdicts(AddressPolicy.of(allow_private=True, networks=""), refused) == [True] * len(refused)
+    with pytest.raises(ValidationError, match="allowed_networks"):
+        WebhookSettings(allowed_networks="10.0.0.0/33")
+
+
 # ---- the transport: resolve once, check, connect to what was checked ---------------------------
 
 

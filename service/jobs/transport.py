@@ -57,7 +57,9 @@ class PinnedTransport(httpx.AsyncBaseTransport):
         self.policy = policy
         self.resolve = resolve
         self.resolve_timeout = resolve_timeout
-        self._inner = httpx.AsyncHTTPTransport(verify=verify, trust_env=False)
+        # trust_env here is only SSL_CERT_FILE / SSL_CERT_DIR; proxies (which would resolve the
+        # name themselves) are the client's, and a client given a transport takes none from the environment.
+        self._inner = httpx.AsyncHTTPTransport(verify=verify)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host

@@ -31,14 +31,13 @@ import httpx
 
 from service.errors import BadRequestError
 from service.jobs.destinations import AddressPolicy, WebhookRefusedError, check_url
-from service.jobs.transport import PinnedTransport, RefusedAddressError, resolve_system
+from service.jobs.transport import PinnedTransport, RefusedAddressError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from service.config import WebhookSettings
     from service.jobs.store import JobRecord, JobStore
-    from service.jobs.transport import Resolve
     from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -58,15 +57,11 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 class WebhookSender:
-    def __init__(
-        self, store: JobStore, settings: WebhookSettings, metrics: Metrics, resolve: Resolve | None = None
-    ) -> None:
-        """`resolve`: how hosts are resolved (the system resolver by default)."""
+    def __init__(self, store: JobStore, settings: WebhookSettings, metrics: Metrics) -> None:
         self.store = store
         self.settings = settings
         self.metrics = metrics
         self.policy = AddressPolicy.from_settings(settings)
-        self.resolve = resolve
 
     async def deliver_due(self, payload: Callable[[JobRecord], dict[str, Any]]) -> int:
         """Try every webhook whose time has come; `payload(job)` builds its body (in a thread).
@@ -74,9 +69,7 @@ class WebhookSender:
         due = await asyncio.to_thread(self.store.due_webhooks, time.time())
         if not due:
             return 0
-        transport = PinnedTransport(
-            self.policy, self.resolve or resolve_system, resolve_timeout=self.settings.timeout_seconds
-        )
+        transport = PinnedTransport(self.policy, resolve_timeout=self.settings.timeout_seconds)
         slots = asyncio.Semaphore(PARALLEL_DELIVERIES)
         async with httpx.AsyncClient(
             transport=transport, timeout=self.settings.timeout_seconds, follow_redirects=False, trust_env=False
