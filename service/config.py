@@ -6,6 +6,7 @@ variables keep flat, readable names (ASR_QUEUE_SIZE, ASR_QUALITY_SAMPLE_RATE).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -434,13 +435,34 @@ class WebhookSettings(BaseSettings):
         None, description="Key for the HMAC-SHA256 signature (X-ASR-Signature) of every webhook; unsigned when unset."
     )
     allowed_hosts: str = Field(
-        "", description="Comma-separated hosts webhooks may go to (empty: any); others are refused with 422."
+        "",
+        description="Comma-separated hosts webhooks may go to (empty: any whose address is allowed); others are "
+        "refused with 422.",
+    )
+    allowed_networks: str = Field(
+        "",
+        description="Comma-separated CIDRs (e.g. `10.20.0.0/16,127.0.0.1/32`) webhooks may reach although they are "
+        "not public; other private, loopback, link-local and reserved addresses are refused (checked on the "
+        "address a name resolves to, when the webhook is sent).",
+    )
+    allow_private: bool = Field(
+        False,
+        description="Let webhooks reach any address, private, loopback and link-local included (cloud metadata "
+        "services too): only where everyone who can submit a job is trusted. Prefer ASR_WEBHOOK_ALLOWED_NETWORKS.",
     )
     max_attempts: int = Field(6, ge=1, le=20, description="Deliveries tried before a webhook counts as failed.")
     retry_seconds: float = Field(
         5.0, gt=0, description="First retry delay; it doubles with each attempt (10 min at most)."
     )
     timeout_seconds: float = Field(10.0, gt=0, description="How long one delivery may take.")
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        # A typo must stop the start, not silently refuse every webhook to that network.
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            ipaddress.ip_network(part, strict=False)
+        return value
 
 
 class SenseVoiceSettings(BaseSettings):

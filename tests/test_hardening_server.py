@@ -359,9 +359,14 @@ async def _fuzz(server: Server, cases: list[dict[str, Any]]) -> tuple[list[tuple
 
         async def send(case: dict[str, Any], slots: asyncio.Semaphore) -> None:
             headers = {"Content-Type": case["type"], **{k: v for k, v in case.get("headers", {}).items() if v}}
+            what = f"{case['method']} {case['path'][:60]}"
             async with slots:
-                r = await client.request(case["method"], case["path"], content=case["body"], headers=headers)
-            statuses.append((r.status_code, f"{case['method']} {case['path'][:60]} -> {r.text[:200]}"))
+                try:
+                    r = await client.request(case["method"], case["path"], content=case["body"], headers=headers)
+                except httpx.TransportError as exc:  # a dropped connection counts as a 5xx (599)
+                    statuses.append((599, f"{what} -> dropped: {type(exc).__name__}"))
+                    return
+            statuses.append((r.status_code, f"{what} -> {r.text[:200]}"))
 
         prober = asyncio.create_task(probe())
         slots = asyncio.Semaphore(4)
@@ -408,3 +413,132 @@ def test_a_few_hundred_malformed_requests_get_no_5xx(tmp_path: Path, speech_dir:
     assert rss_after - rss_before < 300 * 2**20
     assert max(health) < 1.0
     assert "Traceback" not in log, log[-3000:]
+
+
+# ---- fuzzing job submissions ----------------------------------------------------------------------
+
+
+def _webhook_url(rng: random.Random) -> str:
+    """A webhook URL assembled from parts that each broke (or nearly broke) a parser somewhere."""
+    if rng.random() < 0.15:
+        return rng.randbytes(rng.choice([1, 8, 60])).decode("latin-1")
+    if rng.random() < 0.2:  # each broke the service once (issue 20)
+        return rng.choice(
+            [
+                "http://[::1",
+                "http://0177.0.0.1:1/",
+                "http://h:abc/",
+                "http://xn--zz/",
+                "http://169.254.169.254/latest/meta-data/",
+                "http://2130706433/",
+                "http://[::ffff:127.0.0.1]/",
+                "http://hooks.example.org@127.0.0.1/",
+            ]
+        )
+    scheme = rng.choice(["http://", "https://", "HTTP://", "ftp://", "javascript:", "http:/", "//", ""])
+    userinfo = rng.choice(["", "", "", "u@", "u:p@", "@", ":@", "hooks.example.org@"])
+    host = rng.choice(
+        [
+            "hooks.example.org",
+            "HOOKS.example.org.",
+            "127.0.0.1",
+            "0177.0.0.1",
+            "2130706433",
+            "0x7f.1",
+            "127.1",
+            "[::1]",
+            "[::1",
+            "::1",
+            "[::ffff:127.0.0.1]",
+            "[fe80::1%25eth0]",
+            "[v1.x]",
+            "169.254.169.254",
+            "10.0.0.1",
+            "0.0.0.0",
+            "localhost",
+            "xn--zz",
+            "xn--nxasmq6b.example",
+            "bücher.example",
+            "ex ample.org",
+            "-a.example",
+            "a" * 64 + ".example",
+            ("a" * 60 + ".") * 5 + "org",
+            "..",
+            "",
+            "%00",
+            "h\x00",
+            "h:abc",
+        ]
+    )
+    port = rng.choice(["", "", "", ":0", ":1", ":443", ":65535", ":65536", ":abc", ":-1", ":99999999999999", ":"])
+    path = rng.choice(["/", "", "/x?y=1#f", "/" + "p" * 1990, "/\u202e", "/%zz", "\\x", "?a=b"])
+    return scheme + userinfo + host + port + path
+
+
+def _job_fuzz_cases(rng: random.Random, speech_dir: Path) -> list[dict[str, Any]]:
+    """Job submissions with random fields, webhook URLs and files, and calls on jobs that do not exist."""
+    real = [p.read_bytes() for p in sorted(speech_dir.iterdir()) if p.suffix[1:] in CONTAINERS]
+    fields = {
+        "language": ["", "auto", "en", "xx", "\x00", "x" * 5000],
+        "task": ["translate", "", "x" * 300],
+        "response_format": ["srt", "verbose_json", "xml"],
+        "word_timestamps": ["true", "2"],
+        "prompt": ["", "p" * 2001],
+        "temperature": ["0.5", "nan", "1e999"],
+        "model": ["whisper-1", "m" * 3000],
+        "webhook_url": [""],
+    }
+    cases: list[dict[str, Any]] = []
+    for _ in range(250):
+        data = rng.choice(real)
+        payload = rng.choice(
+            [data, data, data[: rng.randrange(1, len(data))], rng.randbytes(rng.choice([1, 300, 4096])), b""]
+        )
+        chosen = {k: rng.choice(v) for k, v in rng.sample(sorted(fields.items()), rng.randrange(0, 3))}
+        if rng.random() < 0.9:
+            chosen["webhook_url"] = _webhook_url(rng)
+        body, content_type = multipart(f"j{len(cases)}.bin", payload, **chosen)
+        cases.append({"method": "POST", "path": "/v1/jobs", "body": body, "type": content_type})
+    ids = ["0" * 32, "z" * 32, "../" * 11, "%00", "x" * 300, uuid.uuid4().hex]
+    for _ in range(40):
+        suffix = rng.choice(["", "/result", "/result?response_format=srt", "/result?response_format=xml", "/x"])
+        cases.append(
+            {
+                "method": rng.choice(["GET", "DELETE", "POST", "PUT"]),
+                "path": "/v1/jobs/" + rng.choice(ids) + suffix,
+                "body": b"",
+                "type": "text/plain",
+            }
+        )
+    return cases
+
+
+def test_a_few_hundred_malformed_job_submissions_get_no_5xx(tmp_path: Path, speech_dir: Path) -> None:
+    cases = _job_fuzz_cases(random.Random(FUZZ_SEED), speech_dir)
+    # Room for every job a case makes, so that each submission is read and checked to the end.
+    env = {"ASR_MAX_AUDIO_SECONDS": "20", "ASR_JOBS_MAX_QUEUED": "300", "ASR_WEBHOOK_TIMEOUT_SECONDS": "2"}
+    fox = (speech_dir / "fox.wav").read_bytes()
+    with serve(env, tmp_path) as server:
+        statuses, health = asyncio.run(_fuzz(server, cases))
+        accepted = [j["id"] for j in httpx.get(server.url + "/v1/jobs", timeout=10).json()["items"]]
+        for job_id in accepted:  # make room, then prove the runner still works
+            assert httpx.delete(f"{server.url}/v1/jobs/{job_id}", timeout=10).status_code in (200, 204)
+        job = httpx.post(server.url + "/v1/jobs", files={"file": ("fox.wav", fox)}, timeout=30)
+        assert job.status_code == 202, job.text
+        wait_until(
+            lambda: httpx.get(f"{server.url}/v1/jobs/{job.json()['id']}", timeout=10).json()["status"] == "succeeded",
+            60,
+            "a job after the fuzz run succeeds",
+        )
+        alive = server.process.poll() is None
+        log = server.log()
+    errors = [what for status, what in statuses if status >= 500]
+    counts = collections.Counter(s for s, _ in statuses)
+    print(
+        f"job fuzz: {len(cases)} requests ({sum(c['path'] == '/v1/jobs' for c in cases)} submissions), "
+        f"{len(errors)} answered 5xx; {len(accepted)} jobs accepted; statuses {sorted(counts.items())}"
+    )
+    assert len(statuses) == len(cases) >= 250
+    assert errors == [], errors[:5]
+    assert alive and max(health) < 1.0
+    assert "Traceback" not in log and "tick failed" not in log, log[-3000:]

@@ -9,8 +9,10 @@
 
 The same auth as transcription. A key sees only the jobs it submitted: another key's job answers
 404, as one that does not exist (the admin token sees every job). At most ASR_JOBS_MAX_QUEUED jobs
-wait or run at once (429 beyond). An upload is checked at once (415/422/413 now, not in a failed
-job later); its audio counts against the key's hourly budget once the job has decoded it.
+wait or run at once (429 beyond, held in the store's insert, so concurrent submits cannot pass it).
+An upload is checked at once (415/422/413 now, not in a failed job later), and so is `webhook_url`
+(service.jobs.destinations: 422); its audio counts against the key's hourly budget once the job
+has decoded it. A full disk under the job store is 507, with nothing left behind.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ from service.errors import (
     is_disk_full,
 )
 from service.formats import ResponseFormat
-from service.jobs.webhook import check_url
+from service.jobs.destinations import check_url
+from service.jobs.store import JobLimitReached
+from service.jobs.webhook import ERROR_CLASSES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -76,7 +80,9 @@ class JobError(BaseModel):
 class WebhookView(BaseModel):
     state: str | None = Field(description="pending, delivered or failed.")
     attempts: int
-    error: str | None = Field(description="The last failed delivery's reason.")
+    error: str | None = Field(
+        description=f"Why the last delivery failed, as a class: {', '.join(ERROR_CLASSES)} (details are in the log)."
+    )
 
 
 class JobView(BaseModel):
@@ -155,6 +161,7 @@ async def submit(
 ) -> JSONResponse:
     """Queue a transcription of an upload; 202 with the job's id and where to follow it."""
     pipeline.admit(room=False)
+    # Early, before the upload is read; the store's insert enforces the limit exactly.
     if await asyncio.to_thread(runner.store.count_active) >= settings.jobs.max_queued:
         raise QueueFullError(60)
     upload = await read_upload(request, pipeline, settings, JobForm, _job_options, takes_place=False)
@@ -168,9 +175,18 @@ async def submit(
         assert isinstance(source, EncodedAudio)
         await pipeline.probe(source)
         spooled = await asyncio.to_thread(_spool, source.file, runner.store.root)
-        job = await asyncio.to_thread(
-            runner.store.create, spooled, asdict(options), upload.filename, webhook, caller.key
-        )
+        try:  # the store removes the spooled upload whatever goes wrong
+            job = await asyncio.to_thread(
+                runner.store.create,
+                spooled,
+                asdict(options),
+                upload.filename,
+                webhook,
+                caller.key,
+                limit=settings.jobs.max_queued,
+            )
+        except JobLimitReached:
+            raise QueueFullError(60) from None
     finally:
         await upload.close()
     runner.wake()

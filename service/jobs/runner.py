@@ -68,6 +68,7 @@ class JobRunner:
         self._draining = False
         self._last_sweep = 0.0
         self._last_renew = 0.0
+        self._delivering: asyncio.Task[int] | None = None
         pipeline.on_drain(self._drain)
 
     # ---- control -------------------------------------------------------------------------
@@ -94,19 +95,29 @@ class JobRunner:
         """Claim and work on jobs, deliver webhooks, apply retention; until cancelled."""
         try:
             while True:
-                try:
-                    await self._tick()
-                except Exception:
-                    log.exception("job runner tick failed")
+                await self._tick()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation
+                # that stops the runner when it lands as the timeout expires (shutdown then hangs).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
                 self._wake.clear()
         finally:
-            for task in list(self._tasks):
+            tasks = [*self._tasks, *([self._delivering] if self._delivering is not None else [])]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _tick(self) -> None:
+        # Each step on its own: one that fails (the database away for a moment) is logged, and
+        # the others still run; claims, the sweep and the gauges never wait for webhooks.
+        for step in (self._claim, self._renew, self._deliver, self._sweep, self._gauges):
+            try:
+                await step()
+            except Exception:
+                log.exception("job runner: %s failed", step.__name__.strip("_"))
+
+    async def _claim(self) -> None:
         ready = self.pipeline.state == "ready"
         while ready and not self._draining and len(self._running) < self.settings.jobs.concurrency:
             job = await asyncio.to_thread(self.store.claim, self.owner, set(self._running))
@@ -116,15 +127,30 @@ class JobRunner:
             task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _renew(self) -> None:
         now = time.monotonic()
         if now - self._last_renew > _RENEW_SECONDS:
             self._last_renew = now
             for job_id in list(self._running):
                 await asyncio.to_thread(self.store.renew, job_id, self.owner)
-        await self.webhooks.deliver_due(self.payload)
+
+    async def _deliver(self) -> None:
+        """Start a round of due webhooks unless one is under way (a receiver may take its timeout)."""
+        if self._delivering is not None and not self._delivering.done():
+            return
+        previous = self._delivering
+        self._delivering = asyncio.create_task(self.webhooks.deliver_due(self.payload), name="webhooks")
+        if previous is not None and not previous.cancelled() and previous.exception() is not None:
+            log.error("job runner: webhooks failed", exc_info=previous.exception())
+
+    async def _sweep(self) -> None:
+        now = time.monotonic()
         if now - self._last_sweep > _SWEEP_SECONDS:
             self._last_sweep = now
             await asyncio.to_thread(self.store.sweep, self.settings.jobs.retention_hours * 3600)
+
+    async def _gauges(self) -> None:
         await asyncio.to_thread(self._refresh_gauges)
 
     def refresh_gauges(self) -> None:
@@ -150,11 +176,18 @@ class JobRunner:
             elif token.reason == SHUTTING_DOWN or self._draining:
                 await asyncio.to_thread(self.store.release, job.id, self.owner)
                 log.info("job %s paused for shutdown; it resumes from its finished windows", job.id)
-            else:
+            elif await asyncio.to_thread(self.store.holds, job.id, self.owner):
                 self._fail(job, exc.code, exc.message)
+            else:
+                log.info("job %s: cancelled or deleted while it started", job.id)
         except Exception as exc:
-            log.exception("job %s failed", job.id)
-            self._fail(job, "internal_error", f"the job failed: {type(exc).__name__}")
+            # A cancel can land between the claim and the first read of the upload, which it
+            # removes: that job was cancelled, not failed.
+            if await asyncio.to_thread(self.store.holds, job.id, self.owner):
+                log.exception("job %s failed", job.id)
+                self._fail(job, "internal_error", f"the job failed: {type(exc).__name__}")
+            else:
+                log.info("job %s: cancelled or deleted while it started (%s)", job.id, type(exc).__name__)
         finally:
             self._running.pop(job.id, None)
             self.wake()

@@ -14,10 +14,12 @@ finished window.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
+import sqlite3
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -25,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from service.backends.base import Segment, Word
 from service.database import Database, Row, SQLiteDatabase
+from service.errors import InsufficientStorageError, is_disk_full
 from service.metrics import is_alive
 from service.migrations import Step, migrate
 
 if TYPE_CHECKING:
-    from contextlib import AbstractContextManager
+    from collections.abc import Iterator
     from pathlib import Path
 
     from service.database import Connection
@@ -89,6 +92,10 @@ MIGRATIONS = (
 LEGACY_OWNER = "default"
 
 
+class JobLimitReached(Exception):
+    """As many jobs as the limit are queued or running; the new one was not registered."""
+
+
 @dataclass
 class JobRecord:
     id: str
@@ -113,6 +120,20 @@ class JobRecord:
     owner: str | None = None  # the API key's name; None: keys were off, or an earlier release made it
 
 
+def is_store_full(exc: BaseException) -> bool:
+    """Whether `exc` says the disk under the job table or its files is full: ENOSPC, SQLite's
+    "database or disk is full" (or its shared-memory file that cannot grow), PostgreSQL's
+    disk_full (SQLSTATE 53100)."""
+    if is_disk_full(exc):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_SHMSIZE)
+    return getattr(exc, "sqlstate", None) == "53100"
+
+
+_FULL = "the job store's disk is full; the job was not accepted"
+
+
 def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -134,8 +155,16 @@ class JobStore:
         self.database = database if database is not None else SQLiteDatabase(root / "jobs.sqlite3")
         migrate(self.database, "jobs", MIGRATIONS)
 
-    def _db(self, exclusive: str | None = None) -> AbstractContextManager[Connection]:
-        return self.database.transaction(exclusive)
+    @contextlib.contextmanager
+    def _db(self, exclusive: str | None = None) -> Iterator[Connection]:
+        """One transaction; a full disk is InsufficientStorageError (507), like a full upload disk."""
+        try:
+            with self.database.transaction(exclusive) as db:
+                yield db
+        except Exception as exc:
+            if is_store_full(exc):
+                raise InsufficientStorageError(_FULL) from exc
+            raise
 
     def upload_path(self, job_id: str) -> Path:
         return self.root / job_id / "upload"
@@ -149,19 +178,34 @@ class JobStore:
         filename: str | None,
         webhook_url: str | None,
         owner: str | None = None,
+        *,
+        limit: int | None = None,
     ) -> JobRecord:
         """Register a queued job whose upload was written to `upload` (moved into the store);
-        `owner`: the name of the key that submitted it."""
+        `owner`: the name of the key that submitted it.
+
+        With `limit`, only while fewer jobs are queued or running: counted and inserted in one
+        transaction that no other submit runs beside (JobLimitReached otherwise). On any failure
+        the upload is removed; a full disk is InsufficientStorageError."""
         job_id = uuid.uuid4().hex
         folder = self.root / job_id
-        folder.mkdir()
-        os.replace(upload, folder / "upload")
-        with self._db() as db:
-            db.execute(
-                "INSERT INTO jobs (id, created_at, status, options, filename, webhook_url, owner)"
-                " VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-                (job_id, time.time(), json.dumps(options), filename, webhook_url, owner),
-            )
+        try:
+            folder.mkdir()
+            os.replace(upload, folder / "upload")
+            with self._db(exclusive="jobs.submit" if limit is not None else None) as db:
+                if limit is not None and _active(db) >= limit:
+                    raise JobLimitReached()
+                db.execute(
+                    "INSERT INTO jobs (id, created_at, status, options, filename, webhook_url, owner)"
+                    " VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                    (job_id, time.time(), json.dumps(options), filename, webhook_url, owner),
+                )
+        except Exception as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            upload.unlink(missing_ok=True)
+            if is_store_full(exc):
+                raise InsufficientStorageError(_FULL) from exc
+            raise
         record = self.get(job_id)
         assert record is not None
         return record
@@ -185,8 +229,7 @@ class JobStore:
 
     def count_active(self) -> int:
         with self._db() as db:
-            row = db.execute("SELECT COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running')").fetchone()
-        return int(row["n"]) if row else 0
+            return _active(db)
 
     def counts(self) -> dict[str, int]:
         with self._db() as db:
@@ -224,6 +267,14 @@ class JobStore:
             else:
                 return None
         return self.get(job_id)
+
+    def holds(self, job_id: str, owner: str) -> bool:
+        """Whether `owner` still works on the job (not cancelled, deleted or taken over)."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT 1 AS held FROM jobs WHERE id = ? AND lease_owner = ? AND status = 'running'", (job_id, owner)
+            ).fetchone()
+        return row is not None
 
     def renew(self, job_id: str, owner: str) -> bool:
         """Extend the lease; False when `owner` no longer holds it (or the job ended)."""
@@ -353,6 +404,11 @@ def _owned_by(owner: str | None) -> tuple[str, list[Any]]:
     if owner == LEGACY_OWNER:  # written so that the (owner, created_at) index serves it
         return " AND (owner = ? OR owner IS NULL)", [owner]
     return " AND owner = ?", [owner]
+
+
+def _active(db: Connection) -> int:
+    row = db.execute("SELECT COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running')").fetchone()
+    return int(row["n"]) if row else 0
 
 
 def _record(row: Row) -> JobRecord:
