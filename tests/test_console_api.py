@@ -163,8 +163,14 @@ def test_the_report_has_the_figures_of_samples_report_and_the_alignment_of_each_
         assert client.put(f"/v1/samples/{sample}/reference", json={"text": reference}, headers=ADMIN).status_code == 200
     assert client.post("/v1/samples/score", headers=ADMIN).json()["scored"] == 3
 
+    extra = _add(store, "still waiting")
     report = client.get("/v1/quality/report", headers=ADMIN).json()
-    assert report["languages"] == quality_report(store.scored())  # the CLI's function, same figures
+    # The CLI's function, same figures; and how many of the language still wait for a reference.
+    assert [{k: v for k, v in row.items() if k != "pending"} for row in report["languages"]] == quality_report(
+        store.scored()
+    )
+    assert [row["pending"] for row in report["languages"]] == [1]
+    store.delete(extra)
     assert len(report["recent"]) == 3
     for sample in report["recent"]:
         wrong = [c for c in sample["alignment"] if c["op"] != "equal"]

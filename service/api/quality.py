@@ -53,6 +53,10 @@ class LanguageFigures(BaseModel):
     shadowed: int
     true_on_shadowed: float | None
     shadow_on_shadowed: float | None
+    pending: int = Field(
+        description="Samples of the language still waiting for a reference. The queue serves flagged and "
+        "disputed samples first, so until these are done the estimate leans towards them."
+    )
 
 
 class AlignedChunk(BaseModel):
@@ -113,7 +117,10 @@ async def report(
     mode = settings.quality.normalizer
 
     def build() -> QualityReport:
-        rows = [LanguageFigures(**row) for row in quality_report(store.scored())]
+        rows = [
+            LanguageFigures(**row, pending=store.page("pending", row["language"], 1)[1])
+            for row in quality_report(store.scored())
+        ]
         scored = []
         for r in store.recently_scored(recent):
             chunks = align(r.reference or "", r.hypothesis, r.language, mode)

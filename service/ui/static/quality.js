@@ -46,6 +46,7 @@ async function load() {
 
 function renderTable(rows) {
   $("#quality-none", section).hidden = rows.length > 0;
+  $("#quality-leaning", section).hidden = !rows.some((r) => r.pending > 0);
   fill(
     $("#quality-rows", section),
     rows.map((r) =>
@@ -60,6 +61,7 @@ function renderTable(rows) {
         h("td", { class: "num", text: percent(r.unweighted) }),
         h("td", { class: "num", text: String(r.shadowed) }),
         h("td", { class: "num", text: r.shadowed ? `${percent(r.true_on_shadowed)} / ${percent(r.shadow_on_shadowed)}` : "–" }),
+        h("td", { class: "num", text: String(r.pending) }),
       ),
     ),
   );

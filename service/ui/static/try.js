@@ -124,6 +124,7 @@ function render() {
         type: "button",
         class: "block",
         "data-start": s.start,
+        "data-end": s.end,
         "aria-label": `Play from ${clock(s.start)}: ${s.text.trim()}`,
         title: s.text.trim(),
         onclick: play(s.start),
@@ -173,7 +174,7 @@ function save(format) {
 
 function highlight() {
   const now = $("#try-audio", section).currentTime;
-  for (const li of section.querySelectorAll("#try-segments li")) {
-    li.classList.toggle("current", now >= Number(li.dataset.start) && now < Number(li.dataset.end));
+  for (const el of section.querySelectorAll("#try-segments li, #try-timeline .block")) {
+    el.classList.toggle("current", now >= Number(el.dataset.start) && now < Number(el.dataset.end));
   }
 }
