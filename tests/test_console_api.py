@@ -106,6 +106,14 @@ def test_no_markup_is_built_from_strings() -> None:
             assert sink not in text, f"{script.name} uses {sink}"
 
 
+def test_the_console_names_only_relative_urls() -> None:
+    # Nothing is fetched from elsewhere, and a path prefix in front of the service is kept.
+    for path in STATIC.iterdir():
+        text = path.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")  # a name, never fetched
+        assert not re.search(r"""(src|href)=["'](https?:)?//|["'`]/(v1|ui|transcribe)""", text), path.name
+        assert "http://" not in text and "https://" not in text, path.name
+
+
 @pytest.mark.parametrize(
     "path", ["/ui/admin", "/ui/static/nope.js", "/ui/static/..%2Frouter.py", "/ui/static/index.html", "/ui/static/x.py"]
 )
