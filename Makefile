@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 # Debian packages: test audio (espeak-ng, ffmpeg, sox), the monitoring stack the tests run
 # for real (prometheus, alertmanager, node-exporter), and docker-compose to validate the
-# compose file without an engine; PostgreSQL, which the shared-state tests start themselves.
-TEST_APT := espeak-ng ffmpeg sox prometheus prometheus-alertmanager prometheus-node-exporter docker-compose postgresql
+# compose file without an engine; PostgreSQL, which the shared-state tests start themselves; chromium,
+# the real browser the web console's tests drive (tests/test_console_browser.py).
+TEST_APT := espeak-ng ffmpeg sox prometheus prometheus-alertmanager prometheus-node-exporter docker-compose postgresql chromium
 # CPU torch for the optional engines. FunASR's frontend needs torchaudio, which on this
 # platform pairs with torch 2.9.1 (torchvision first, then torchaudio, so that pip never
 # swaps torch for a newer build).

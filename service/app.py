@@ -20,6 +20,7 @@ from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException
 
 from service.api import asr_webservice, client_secrets, health, jobs, openai, realtime, samples, transcribe
+from service.api import quality as quality_api
 from service.api.common import FORM_OVERHEAD_BYTES, UPLOAD_ROUTES, describe_validation_error, first_field
 from service.body_limit import BodyLimitMiddleware
 from service.client_secrets import ClientSecretStore
@@ -42,6 +43,7 @@ from service.quality.job import QualityJob
 from service.quality.shadow import ShadowScorer
 from service.quality.store import SampleStore
 from service.streaming.hub import StreamHub
+from service.ui import router as console
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -160,6 +162,8 @@ def create_app(
     app.include_router(realtime.router)
     app.include_router(client_secrets.router)
     app.include_router(samples.router)
+    app.include_router(quality_api.router)
+    app.include_router(console.router)
     _install_error_handlers(app, metrics)
     upload_limit = settings.limits.max_upload_bytes + FORM_OVERHEAD_BYTES
     app.add_middleware(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from service.config import ServerSettings, Settings, configuration_markdown
 from service.errors import ServiceError
 from service.quality.estimate import estimate
+from service.quality.report import quality_report
 
 if TYPE_CHECKING:
     import argparse
@@ -356,33 +357,6 @@ def samples_report(args: argparse.Namespace) -> int:
             f"{_percent(r['shadow_on_shadowed']):>9}"
         )
     return 0
-
-
-def quality_report(records: list[Any]) -> list[dict[str, Any]]:
-    """The figures of `samples report`, one row per language (records: scored SampleRecords)."""
-    by_language: dict[str, list[Any]] = defaultdict(list)
-    for record in records:
-        by_language[record.language].append(record)
-    rows = []
-    for language, group in sorted(by_language.items()):
-        figure = estimate([r.errors for r in group], [r.reference_units for r in group], [r.weight for r in group])
-        both = [r for r in group if r.shadow_at is not None and r.shadow_unit == r.unit]
-        true = estimate([r.errors for r in both], [r.reference_units for r in both], [r.weight for r in both])
-        shadow = estimate([r.shadow_errors for r in both], [r.shadow_units for r in both], [r.weight for r in both])
-        rows.append(
-            {
-                "language": language,
-                "metric": "CER" if group[0].unit == "char" else "WER",
-                "samples": figure.samples,
-                "rate": _round(figure.rate),
-                "ci95": [_round(figure.low), _round(figure.high)],
-                "unweighted": _round(figure.unweighted),
-                "shadowed": len(both),
-                "true_on_shadowed": _round(true.rate),
-                "shadow_on_shadowed": _round(shadow.rate),
-            }
-        )
-    return rows
 
 
 def _read_references(path: Path) -> list[tuple[str, str]]:

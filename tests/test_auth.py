@@ -26,6 +26,7 @@ from service.api.health import PUBLIC_ROUTES
 from service.app import create_app
 from service.keys import hash_key, key_table
 from service.metrics import Metrics
+from service.ui.router import UI_ROUTES
 from tests.conftest import make_settings
 from tests.fakes import FakeBackend, factory
 
@@ -39,7 +40,9 @@ KEY, ADMIN_TOKEN = "client-key", "admin-token"
 NAMED = {"alice": "asr_alice-key", "bob": "asr_bob-key"}
 # FastAPI's own documentation routes: they describe the API and hold no data.
 DOCS_ROUTES = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
-OPEN = PUBLIC_ROUTES | DOCS_ROUTES
+# The web console's shell and static files (service/ui): the same HTML and scripts for everyone,
+# holding no data; every datum its pages show comes from the API routes below, with the key.
+OPEN = PUBLIC_ROUTES | DOCS_ROUTES | UI_ROUTES
 
 
 @pytest.fixture(scope="module")

@@ -415,6 +415,16 @@ def test_a_job_runs_to_its_result(install: Install, server: Server, speech_dir: 
     _assert_words(result.json()["text"], f"{install.name} job")
 
 
+def test_the_console_is_served(install: Install, server: Server) -> None:
+    """The web console's files are package data (service/ui/static): the install serves every one."""
+    static = ROOT / "service" / "ui" / "static"
+    shell = httpx.get(server.url + "/ui/", timeout=10)
+    assert shell.status_code == 200 and 'src="static/app.js"' in shell.text, shell.text[:300]
+    for path in sorted(p for p in static.iterdir() if p.name != "index.html"):
+        r = httpx.get(f"{server.url}/ui/static/{path.name}", timeout=10)
+        assert (r.status_code, r.content) == (200, path.read_bytes()), f"{install.name}: {path.name} {r.status_code}"
+
+
 # ---- the core install alone: every module, and the extras it lacks -------------------------------
 
 

@@ -361,6 +361,23 @@ class SampleStore:
             ).fetchall()
         return [_record(r) for r in rows], int(counted["n"]) if counted else 0
 
+    def pending(self, limit: int) -> list[SampleRecord]:
+        """Up to `limit` samples waiting for a reference, newest first (the review queue's candidates)."""
+        return self._records("WHERE status = 'pending' ORDER BY created_at DESC LIMIT ?", (limit,))
+
+    def reference_counts(self) -> dict[tuple[str, str], int]:
+        """How many samples of each (language, stratum) have a reference, scored or not yet."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT language, stratum, COUNT(*) AS n FROM samples WHERE status IN ('referenced', 'scored')"
+                " GROUP BY language, stratum"
+            ).fetchall()
+        return {(r["language"], r["stratum"]): int(r["n"]) for r in rows}
+
+    def recently_scored(self, limit: int) -> list[SampleRecord]:
+        """The `limit` samples scored last, newest first."""
+        return self._records("WHERE status = 'scored' ORDER BY scored_at DESC LIMIT ?", (limit,))
+
     def referenced(self) -> list[SampleRecord]:
         """Samples with a reference that the job has not scored yet, oldest first."""
         return self._records("WHERE status = 'referenced' ORDER BY referenced_at")
