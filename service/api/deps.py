@@ -16,8 +16,9 @@ session; the app's error handler turns a refusal into an `error` event and a clo
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import Depends
 from starlette.requests import HTTPConnection
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from pydantic import SecretStr
+
+T = TypeVar("T")
 
 # How browsers pass a key on a WebSocket, which they cannot give headers (OpenAI's JS client does this).
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
@@ -101,44 +104,25 @@ def token_matches(conn: HTTPConnection, expected: SecretStr | None) -> bool:
     return _matches(bearer_token(conn), expected)
 
 
-def get_settings(conn: HTTPConnection) -> Settings:
-    settings: Settings = conn.app.state.settings
-    return settings
+def _from_state(attribute: str, kind: type[T]) -> Callable[[HTTPConnection], T]:
+    """A dependency that hands a route the service object create_app put on app.state."""
+
+    def get(conn: HTTPConnection) -> T:
+        value: T = getattr(conn.app.state, attribute)
+        return value
+
+    get.__name__ = f"get_{attribute}"
+    return get
 
 
-def get_pipeline(conn: HTTPConnection) -> Pipeline:
-    pipeline: Pipeline = conn.app.state.pipeline
-    return pipeline
-
-
-def get_metrics(conn: HTTPConnection) -> Metrics:
-    metrics: Metrics = conn.app.state.metrics
-    return metrics
-
-
-def get_jobs(conn: HTTPConnection) -> JobRunner:
-    runner: JobRunner = conn.app.state.jobs
-    return runner
-
-
-def get_streams(conn: HTTPConnection) -> StreamHub:
-    hub: StreamHub = conn.app.state.streams
-    return hub
-
-
-def get_key_ring(conn: HTTPConnection) -> KeyRing:
-    keys: KeyRing = conn.app.state.keys
-    return keys
-
-
-def get_key_usage(conn: HTTPConnection) -> KeyUsage:
-    usage: KeyUsage = conn.app.state.key_usage
-    return usage
-
-
-def get_client_secrets(conn: HTTPConnection) -> ClientSecretStore:
-    store: ClientSecretStore = conn.app.state.client_secrets
-    return store
+get_settings = _from_state("settings", Settings)
+get_pipeline = _from_state("pipeline", Pipeline)
+get_metrics = _from_state("metrics", Metrics)
+get_jobs = _from_state("jobs", JobRunner)
+get_streams = _from_state("streams", StreamHub)
+get_key_ring = _from_state("keys", KeyRing)
+get_key_usage = _from_state("key_usage", KeyUsage)
+get_client_secrets = _from_state("client_secrets", ClientSecretStore)
 
 
 def api_caller(conn: HTTPConnection) -> Caller:
