@@ -157,7 +157,13 @@ class DecodeSettings(BaseSettings):
         description="Audio longer than this is transcribed in windows cut at quiet points, so memory stays bounded "
         "(peak memory grows with the window, not with the file).",
     )
-    batch_size: int = Field(8, ge=1, le=64, description="30 s chunks decoded per batched engine call.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Inside one long file: its 30 s chunks decoded per batched engine call (faster-whisper's "
+        "batched pipeline). Across requests: ASR_BATCH_MAX_SIZE.",
+    )
     batching: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Batched inference (faster-whisper): `auto` batches everything on CUDA and, on a CPU, audio of "
@@ -215,6 +221,21 @@ class SchedulerSettings(BaseSettings):
         le=64,
         description="Uploads decoded at once per process; 0: one per CPU core (shared among ASR_PROCESSES). "
         "Others wait their turn, holding their place in the queue.",
+    )
+    batch_max_size: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Across requests: most clips of at most 30 s (file requests, stream turns and partials) that "
+        "the scheduler gathers into one engine call, of one model and priority; 1 turns dynamic batching off. "
+        "Within one long file: ASR_BATCH_SIZE.",
+    )
+    batch_wait_ms: float = Field(
+        10.0,
+        ge=0,
+        le=1000,
+        description="How long a worker may wait for admitted requests still being decoded to join its batch, "
+        "only while every other worker is busy (never at concurrency 1).",
     )
 
 

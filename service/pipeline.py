@@ -26,6 +26,7 @@ Callers get verbs, never the parts behind them (engine, scheduler, decode pool, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,15 @@ from typing import TYPE_CHECKING, Literal
 
 from service import audio_health
 from service.audio import DecodedAudio
-from service.backends.base import Backend, Cancelled, Capabilities, Segment, TranscribeOptions, Transcript
+from service.backends.base import (
+    Backend,
+    Cancelled,
+    Capabilities,
+    ClipBatching,
+    Segment,
+    TranscribeOptions,
+    Transcript,
+)
 from service.cancellation import CancelToken
 from service.errors import BackendError, BadRequestError, ServiceError, UnsupportedFeatureError, shown
 from service.formats import MIN_RTF_AUDIO_SECONDS, Result
@@ -43,8 +52,8 @@ from service.metrics import INPUT_CODECS, INPUT_RATES
 from service.outcome import Outcome
 from service.quality import hallucination
 from service.resegment import split_by_words
-from service.scheduler import Preempted, Priority
-from service.windowing import transcribe_windowed
+from service.scheduler import Batchable, Preempted, Priority
+from service.windowing import Clip, one_window, transcribe_clips, transcribe_windowed
 
 if TYPE_CHECKING:
     import threading
@@ -104,6 +113,20 @@ class Work:
     mode: Literal["transcribe", "detect_language"] = "transcribe"
     # Seconds to wait for an admission place instead of a 429 (clients that never retry).
     admission_wait: float = 0.0
+
+
+@dataclass
+class _ClipJob:
+    """A short clip's decode that may share an engine call with others (the scheduler's batches)."""
+
+    lease: Lease
+    audio: DecodedAudio
+    options: TranscribeOptions
+    on_segment: Callable[[Segment], None] | None
+
+
+# What a decode hands back: the transcript, the engine's seconds, the kinds of dropped segments.
+Decoded = tuple[Transcript, float, list[str]]
 
 
 @dataclass(frozen=True)
@@ -354,15 +377,13 @@ class Pipeline:
             self._observe_input(backend, audio, health)
         return Outcome(result, audio, flags)
 
-    async def _schedule(
-        self, lease: Lease, audio: DecodedAudio, options: TranscribeOptions, work: Work
-    ) -> tuple[Transcript, float, list[str]]:
+    async def _schedule(self, lease: Lease, audio: DecodedAudio, options: TranscribeOptions, work: Work) -> Decoded:
         """The transcript, the engine's seconds, and the kinds of the segments the guard dropped."""
         window = self.settings.decode.long_audio_window_seconds
 
         resplit = options.batched and work.options.fine_segments
 
-        def job(cancel: threading.Event) -> tuple[Transcript, float, list[str]]:
+        def job(cancel: threading.Event) -> Decoded:
             with lease.running() as backend:  # the model stays loaded until this thread is done
                 started = time.perf_counter()
                 guard = hallucination.Guard(audio)
@@ -379,6 +400,7 @@ class Pipeline:
                 priority=work.priority,
                 time_limit=self.timeout_for(audio.duration),
                 cost=audio.duration,
+                batch=self._batchable(lease, audio, options, work),
             )
         except (ServiceError, Preempted):  # queue full, timeout, client gone: already the answer
             raise
@@ -386,6 +408,59 @@ class Pipeline:
             raise BackendError("the engine stopped before it finished") from None
         except Exception as exc:
             raise self._backend_failure(exc) from exc
+
+    def _batchable(
+        self, lease: Lease, audio: DecodedAudio, options: TranscribeOptions, work: Work
+    ) -> Batchable[_ClipJob, Decoded] | None:
+        """How this decode may share an engine call (service.scheduler): a clip of one window, on an
+        engine that batches clips, with options it can batch; None when it runs alone."""
+        backend = lease.backend
+        if (
+            self.settings.scheduler.batch_max_size <= 1
+            or not isinstance(backend, ClipBatching)
+            or not one_window(audio, self.settings.decode.long_audio_window_seconds)
+        ):
+            return None
+        key = backend.batch_key(options)
+        if key is None:
+            return None
+        observe = self._metrics.batch_size.labels(backend.name, backend.model).observe
+        item = _ClipJob(lease, audio, options, work.on_segment)
+        return Batchable((lease.engine.id, key), item, self._run_clips, observe)
+
+    def _run_clips(self, jobs: list[_ClipJob], cancels: list[threading.Event]) -> list[Decoded | Exception]:
+        """Decode clips of one model in shared engine calls (in a worker thread); each clip's engine
+        seconds are its share of the call. Should the batched call fail, each clip is decoded on its
+        own, so that one clip's trouble is only its own."""
+        window = self.settings.decode.long_audio_window_seconds
+        with contextlib.ExitStack() as running:
+            backends = [running.enter_context(job.lease.running()) for job in jobs]  # none unloads meanwhile
+            backend = backends[0]
+            assert isinstance(backend, ClipBatching)
+            started = time.perf_counter()
+            guards = [hallucination.Guard(job.audio) for job in jobs]
+            clips = [
+                Clip(job.audio, job.options, job.on_segment, g.screen) for job, g in zip(jobs, guards, strict=True)
+            ]
+            try:
+                parts = transcribe_clips(backend, clips, cancels)
+            except Exception:
+                log.warning("a batched engine call failed; decoding its %d clips one by one", len(jobs), exc_info=True)
+                parts = []
+                for clip, cancel in zip(clips, cancels, strict=True):
+                    try:
+                        parts.append(
+                            transcribe_windowed(
+                                backends[0], clip.audio, clip.options, window, cancel, clip.on_segment, clip.screen
+                            )
+                        )
+                    except Exception as exc:
+                        parts.append(exc)
+            seconds = (time.perf_counter() - started) / len(jobs)
+        return [
+            part if isinstance(part, Exception) else (part, seconds, guard.dropped)
+            for part, guard in zip(parts, guards, strict=True)
+        ]
 
     async def _detect(self, lease: Lease, work: Work) -> Outcome:
         """Language detection on the first 30 s: decode them, ask the engine, count nothing as served."""
@@ -520,6 +595,8 @@ def build_pipeline(
             settings.scheduler.queue_size,
             metrics,
             order=settings.scheduler.interactive_order,
+            batch_max_size=settings.scheduler.batch_max_size,
+            batch_wait=settings.scheduler.batch_wait_ms / 1000,
         ),
         DecodePool(
             decode_workers(settings),

@@ -10,6 +10,7 @@ from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from service.backends import model_label
 from service.backends.base import (
+    MAX_CLIP_SECONDS,
     SAMPLE_RATE,
     Cancelled,
     Capabilities,
@@ -18,13 +19,14 @@ from service.backends.base import (
     Transcript,
     Word,
 )
+from service.backends.whisper_batch import CONTEXT_TOKENS, PER_CLIP, SHARED, BatchDecoder
 from service.embedded_model import embedded_model_path, is_embedded
 from service.errors import ModelLoadError
 from service.hardware import cpu_threads, resolve_compute_type, resolve_device, worker_count
 
 if TYPE_CHECKING:
     import threading
-    from collections.abc import Callable
+    from collections.abc import Callable, Hashable
 
     import numpy as np
     import numpy.typing as npt
@@ -78,6 +80,8 @@ class FasterWhisperBackend:
             raise ModelLoadError(f"cannot load faster-whisper model {ms.model!r}: {exc}") from exc
         # A thin wrapper over the same model: used per request when the pipeline asks for it.
         self._batched = ObservedBatchedPipeline(self._whisper)
+        # ... and for clips of several requests that the scheduler gathers (transcribe_batch).
+        self._clips = BatchDecoder(self._whisper)
         multilingual = self._whisper.model.is_multilingual
         self.capabilities = Capabilities(
             languages=frozenset(_LANGUAGE_CODES) if multilingual else frozenset({"en"}),
@@ -103,6 +107,64 @@ class FasterWhisperBackend:
         language, probability, _ = self._whisper.detect_language(audio[: 30 * SAMPLE_RATE])
         return str(language), float(probability)
 
+    def _kwargs(self, options: TranscribeOptions) -> dict[str, Any]:
+        """faster-whisper's transcribe keywords for `options` (both paths, batched or not)."""
+        kwargs: dict[str, Any] = {
+            "language": options.language,
+            "task": options.task,
+            "beam_size": options.beam_size or self._decode.beam_size,
+            "best_of": self._decode.best_of,
+            "word_timestamps": options.word_timestamps,
+            "initial_prompt": self._prompt(options),
+            "condition_on_previous_text": self._decode.condition_on_previous_text,
+        }
+        if options.temperature:
+            # OpenAI's semantics: 0 means "start greedy and fall back to higher temperatures
+            # on failure" (the engine default); another value is used as the only one.
+            kwargs["temperature"] = options.temperature
+        return kwargs
+
+    def _prompt(self, options: TranscribeOptions) -> str | list[int] | None:
+        """The prompt; context is cut to whole CONTEXT_TOKENS (its newest part, as faster-whisper
+        keeps the newest 223 tokens) so that streams' prompts agree in length and share calls."""
+        prompt = options.initial_prompt
+        if not prompt or not options.prompt_is_context:
+            return prompt
+        tokens = self._whisper.hf_tokenizer.encode(" " + prompt.strip(), add_special_tokens=False).ids
+        tokens = tokens[-(self._whisper.max_length // 2 - 1) :]
+        keep = len(tokens) - len(tokens) % CONTEXT_TOKENS if len(tokens) >= CONTEXT_TOKENS else len(tokens)
+        return list(tokens[len(tokens) - keep :])
+
+    def batch_key(self, options: TranscribeOptions) -> Hashable | None:
+        """Options that may share a batched call: all but the language and the prompt equal; never
+        the batched pipeline (long files) or the VAD filter (it cuts the clip first)."""
+        if options.batched or options.vad_filter:
+            return None
+        kwargs = self._kwargs(options)
+        if not set(kwargs) <= SHARED | PER_CLIP:
+            return None
+        return tuple(sorted((k, repr(v)) for k, v in kwargs.items() if k not in PER_CLIP))
+
+    def transcribe_batch(
+        self,
+        clips: list[npt.NDArray[np.float32]],
+        options: list[TranscribeOptions],
+        cancels: list[threading.Event],
+    ) -> list[Transcript | Exception]:
+        """Transcribe clips of at most 30 s in shared engine calls (service.backends.whisper_batch)."""
+        if any(len(clip) > MAX_CLIP_SECONDS * SAMPLE_RATE for clip in clips):
+            raise ValueError(f"a batched clip is at most {MAX_CLIP_SECONDS:.0f} s")
+        decoded = self._clips.decode(clips, [self._kwargs(o) for o in options], cancels)
+        out: list[Transcript | Exception] = []
+        for result in decoded:
+            if isinstance(result, Exception):
+                out.append(result)
+                continue
+            segments = [_segment(seg, i) for i, seg in enumerate(result.segments)]
+            text = "".join(seg.text for seg in result.segments).strip()
+            out.append(Transcript(text, result.language, result.language_probability, result.duration, segments))
+        return out
+
     def transcribe(
         self,
         audio: npt.NDArray[np.float32],
@@ -110,19 +172,7 @@ class FasterWhisperBackend:
         cancel: threading.Event | None = None,
         on_segment: Callable[[Segment], None] | None = None,
     ) -> Transcript:
-        kwargs: dict[str, Any] = {
-            "language": options.language,
-            "task": options.task,
-            "beam_size": options.beam_size or self._decode.beam_size,
-            "best_of": self._decode.best_of,
-            "word_timestamps": options.word_timestamps,
-            "initial_prompt": options.initial_prompt,
-            "condition_on_previous_text": self._decode.condition_on_previous_text,
-        }
-        if options.temperature:
-            # OpenAI's semantics: 0 means "start greedy and fall back to higher temperatures
-            # on failure" (the engine default); another value is used as the only one.
-            kwargs["temperature"] = options.temperature
+        kwargs = self._kwargs(options)
         if options.batched:
             # The batched pipeline needs VAD to cut the audio into chunks it can batch. It decodes
             # without timestamp tokens (with them, WER rose from 0.064 to 0.173 on our corpus),
@@ -140,23 +190,7 @@ class FasterWhisperBackend:
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
             raw_texts.append(seg.text)
-            out.append(
-                Segment(
-                    id=len(out),
-                    start=seg.start,
-                    end=seg.end,
-                    text=seg.text.strip(),
-                    seek=int(seg.seek),
-                    words=[Word(w.start, w.end, w.word, w.probability) for w in seg.words]
-                    if seg.words is not None
-                    else None,
-                    avg_logprob=seg.avg_logprob,
-                    no_speech_prob=seg.no_speech_prob,
-                    compression_ratio=seg.compression_ratio,
-                    temperature=seg.temperature,
-                    tokens=list(seg.tokens),
-                )
-            )
+            out.append(_segment(seg, len(out)))
             if on_segment is not None:
                 on_segment(out[-1])
         return Transcript(
@@ -169,3 +203,20 @@ class FasterWhisperBackend:
 
     def close(self) -> None:
         self._whisper.model.unload_model()
+
+
+def _segment(seg: Any, index: int) -> Segment:
+    """One of faster-whisper's segments as ours."""
+    return Segment(
+        id=index,
+        start=seg.start,
+        end=seg.end,
+        text=seg.text.strip(),
+        seek=int(seg.seek),
+        words=[Word(w.start, w.end, w.word, w.probability) for w in seg.words] if seg.words is not None else None,
+        avg_logprob=seg.avg_logprob,
+        no_speech_prob=seg.no_speech_prob,
+        compression_ratio=seg.compression_ratio,
+        temperature=seg.temperature,
+        tokens=list(seg.tokens),
+    )
