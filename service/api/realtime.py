@@ -1,38 +1,31 @@
 """The Realtime WebSocket for live transcription: `/v1/realtime?intent=transcription`.
 
 The official client works unchanged: `client.realtime.connect(extra_query={"intent":
-"transcription"})`. The protocol is service.streaming.session's; this route adds what belongs
-to the connection: auth (the same bearer ASR_API_KEY, a dependency as on every route; its
-refusal is an `error` event and close 1008, sent by the app's error handler), the stream limit (ASR_MAX_STREAMS: one
-more gets an `error` event and close code 1013, "try again later"), the idle timeout, the longest
-session, and draining (finished turns get the grace period, then close code 1012).
-Refusals are an `error` event followed by a close, so the client learns why.
+"transcription"})`. The protocol is service.streaming.session's, the connection's limits (idle
+timeout, longest session, draining, slow consumers, rates) service.streaming.connection's; this
+route adds what comes before a session: auth (the same bearer ASR_API_KEY, a dependency as on
+every route; its refusal is an `error` event and close 1008, sent by the app's error handler), and
+the stream limit (ASR_MAX_STREAMS: one more gets an `error` event and close code 1013, "try again
+later"). Refusals are an `error` event followed by a close, so the client learns why.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketState
 
 from service.api.deps import ApiKeyDep, MetricsDep, PipelineDep, SettingsDep, StreamsDep
 from service.errors import ServiceError
+from service.streaming.connection import POLICY_VIOLATION, SERVICE_RESTART, Connection, Outbox
 from service.streaming.hub import StreamLimitError
 from service.streaming.session import RealtimeSession
 
-if TYPE_CHECKING:
-    from service.config import Settings
-    from service.streaming.hub import StreamHub
-
 router = APIRouter()
 TRY_AGAIN_LATER = 1013
-SERVICE_RESTART = 1012
-POLICY_VIOLATION = 1008
 
 
 def close_code_for(status: int) -> int:
@@ -79,59 +72,22 @@ async def realtime(
         )
         return
     await websocket.accept()
-    lock = asyncio.Lock()
-
-    async def send(event: dict[str, Any]) -> None:
-        async with lock:
-            await websocket.send_text(json.dumps(event, ensure_ascii=False))
-
-    session = RealtimeSession(pipeline, settings.streams, send, metrics)
+    outbox = Outbox(websocket, settings.streams.stream_send_timeout_seconds)
+    session = RealtimeSession(pipeline, settings.streams, outbox.send, metrics)
     try:
         with hub.open(session):
-            try:
-                await session.start()
-                await _serve(websocket, session, settings, hub)
-            finally:
-                await session.close()
+            connection = Connection(
+                websocket,
+                session,
+                outbox,
+                settings.streams,
+                metrics,
+                hub.draining,
+                settings.server.shutdown_grace_seconds,
+            )
+            await connection.run()
     except StreamLimitError:
         await session.close()
         metrics.rejected.labels("stream_limit").inc()
         limit = f"all {hub.max_streams} live streams are taken; retry later"
         await refuse(websocket, "too_many_streams", limit, TRY_AGAIN_LATER)
-
-
-async def _serve(websocket: WebSocket, session: RealtimeSession, settings: Settings, hub: StreamHub) -> None:
-    limits = settings.streams
-    started = time.monotonic()
-    while True:
-        left = limits.stream_max_seconds - (time.monotonic() - started)
-        if left <= 0:
-            await session.error("session_too_long", f"a stream may last {limits.stream_max_seconds:.0f} s at most")
-            await websocket.close(POLICY_VIOLATION, "session too long")
-            return
-        receive = asyncio.ensure_future(websocket.receive())
-        drain = asyncio.ensure_future(hub.draining.wait())
-        done, _ = await asyncio.wait(
-            {receive, drain}, timeout=min(limits.stream_idle_seconds, left), return_when=asyncio.FIRST_COMPLETED
-        )
-        drain.cancel()
-        if receive not in done:
-            receive.cancel()
-            if drain in done:
-                # Turns already finished get the grace period; then the client is told why it ends.
-                await session.finish_pending(settings.server.shutdown_grace_seconds)
-                await session.error("shutting_down", "the service is shutting down; reconnect to another instance")
-                await websocket.close(SERVICE_RESTART, "service restart")
-                return
-            if time.monotonic() - started < limits.stream_max_seconds:
-                await session.error("idle_timeout", f"nothing received for {limits.stream_idle_seconds:.0f} s")
-                await websocket.close(1000, "idle timeout")
-                return
-            continue
-        message = receive.result()
-        if message["type"] == "websocket.disconnect":
-            return
-        if message.get("text") is not None:
-            await session.handle(message["text"])
-        else:
-            await session.error("binary_frames_unsupported", "send JSON text events (audio as base64 in an append)")

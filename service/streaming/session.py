@@ -10,11 +10,18 @@ words two consecutive hypotheses agree on, never taken back), `.completed` (the 
 with usage; SenseVoice adds its emotion and events) or `.failed`, and `error` for anything the
 client got wrong (the session goes on).
 
-Turns come from server VAD (Silero, service.streaming.vad) or, with `turn_detection: null`, from
-the client's commits. Every decode goes through Pipeline.transcribe: partial hypotheses at STREAM
-priority (at most one in flight per stream, never more than workers - 1 workers for all
-streams), finished turns at INTERACTIVE priority, in order, each holding an admission place like a
-file request; a completed turn may be sampled for the quality loop.
+Turns come from server VAD (Silero, service.streaming.vad; `semantic_vad` is served by it too,
+with a silence length from its eagerness) or, with `turn_detection: null`, from the client's
+commits (the default for models without server turn detection, CLIENT_TURN_MODELS). A client
+that commits itself while server VAD is on may commit right after the VAD did: that commit is
+answered with the turn the VAD just committed, not an error (such clients treat
+`input_audio_buffer_commit_empty` as fatal). At most ASR_STREAM_MAX_PENDING_TURNS finished turns
+wait for their final decode; past that a commit is refused and a VAD turn fails at once.
+
+Every decode goes through Pipeline.transcribe: partial hypotheses at STREAM priority (at most one
+in flight per stream, never more than workers - 1 workers for all streams), finished turns at
+INTERACTIVE priority, in order, each holding an admission place like a file request; a completed
+turn may be sampled for the quality loop.
 """
 
 from __future__ import annotations
@@ -46,10 +53,11 @@ from service.streaming.events import (
     SessionUpdate,
     SessionUpdateEvent,
     Transcription,
+    format_rate,
     parse_event,
 )
 from service.streaming.stabilizer import Stabilizer
-from service.streaming.vad import StreamingVad
+from service.streaming.vad import WINDOW, StreamingVad, VadEvent
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -65,6 +73,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 RATE = SAMPLE_RATE
 MIN_COMMIT_SECONDS = 0.1  # as OpenAI: a commit of less audio is an error
+MAX_ECHO = 300  # characters of a message or param sent back in an error event
+
+
+def rejection_reason(code: str) -> str:
+    """The asr_stream_events_rejected_total reason (metrics.STREAM_EVENT_REJECTIONS) of an error code."""
+    if code == "rate_limit_exceeded":
+        return "rate_limited"
+    if code == "too_many_pending_turns":
+        return "turns_pending"
+    if code.startswith("unsupported_") or code == "unknown_event":
+        return "unsupported"
+    return "invalid"
 
 
 def _id(prefix: str) -> str:
@@ -105,7 +125,10 @@ class RealtimeSession:
         self._buffer = InputBuffer()
         self._turn: Turn | None = None
         self._last_item: str | None = None
+        self._committed: dict[str, Any] | None = None  # the last VAD commit, until the client commits
+        self._detection_chosen = False  # the client named a turn_detection: no model default applies
         self._finals: asyncio.Queue[tuple[Turn, npt.NDArray[np.float32], float] | None] = asyncio.Queue()
+        self._pending = 0  # finished turns queued or in their final decode
         self._finals_task = asyncio.create_task(self._finalise_turns())
         self._tokens: set[CancelToken] = set()
         self._overflow_reported = False
@@ -114,11 +137,15 @@ class RealtimeSession:
 
     # ---- the protocol -------------------------------------------------------------------
 
+    def input_bytes_per_second(self) -> int:
+        """Bytes of one second of audio in the session's input format (PCM16: 2 per sample)."""
+        return self._input.bytes_per_second()
+
     async def start(self) -> None:
         await self._send("session.created", session=self.config.body())
 
     async def handle(self, text: str) -> None:
-        """Act on one client event (a JSON text frame)."""
+        """Act on one client event (a JSON text frame); whatever it holds, the session goes on."""
         try:
             event = parse_event(text)
             try:
@@ -127,7 +154,12 @@ class RealtimeSession:
                 exc.event_id = event.event_id
                 raise
         except ClientEventError as exc:
+            self.metrics.stream_events_rejected.labels(rejection_reason(exc.code)).inc()
             await self.error(exc.code, exc.message, exc.param, exc.event_id)
+        except Exception:
+            # A defect, not the client's fault; the fuzz test (tests/test_streaming_fuzz.py) looks for these.
+            log.exception("stream %s: a client event failed", self.id)
+            await self.error("server_error", "the service failed on this event; the session goes on")
 
     async def _dispatch(self, event: SessionUpdateEvent | AppendEvent | CommitEvent | ClearEvent) -> None:
         match event:
@@ -142,18 +174,31 @@ class RealtimeSession:
                 await self._send("input_audio_buffer.cleared")
 
     async def error(self, code: str, message: str, param: str | None = None, event_id: str | None = None) -> None:
-        kind = "server_error" if code in ("too_many_streams", "shutting_down") else "invalid_request_error"
-        error = {"type": kind, "code": code, "message": message, "param": param, "event_id": event_id}
+        """Send an `error` event; what it echoes of the client's input is bounded."""
+        server = code in ("too_many_streams", "shutting_down", "server_error")
+        kind = "server_error" if server else "invalid_request_error"
+        error = {
+            "type": kind,
+            "code": code,
+            "message": message[:MAX_ECHO],
+            "param": param[:MAX_ECHO] if param else param,
+            "event_id": event_id,
+        }
         await self._send("error", error=error)
 
     async def close(self) -> None:
         """Stop everything the session runs (the client left, or the service is going away)."""
+        self.abort()
+        await asyncio.wait({self._finals_task})
+
+    def abort(self) -> None:
+        """Stop everything the session runs, without waiting for it to stop."""
         self.closed = True
         for token in list(self._tokens):
             token.cancel(CLIENT_DISCONNECTED)
-        await self._finals.put(None)
+        if self._turn is not None and self._turn.partial is not None:
+            self._turn.partial.cancel()
         self._finals_task.cancel()
-        await asyncio.gather(self._finals_task, return_exceptions=True)
 
     async def finish_pending(self, seconds: float) -> None:
         """Wait up to `seconds` for finished turns still being transcribed (draining)."""
@@ -167,20 +212,24 @@ class RealtimeSession:
     # ---- session.update -----------------------------------------------------------------
 
     async def _update(self, update: SessionUpdate) -> None:
-        config = self.config.updated(update)
+        config = self.config.updated(update, default_detection=not self._detection_chosen)
         given = update.audio.input if update.audio is not None else None
         fields = given.model_fields_set if given is not None else set()
         if "transcription" in fields:
             try:
                 self.pipeline.check_options(self._options(config.input.transcription))
             except ServiceError as exc:
-                raise ClientEventError("invalid_transcription", exc.message, "audio.input.transcription") from None
+                raise ClientEventError(
+                    "invalid_transcription", exc.message, "session.audio.input.transcription"
+                ) from None
+        detection_changed = config.input.turn_detection != self.config.input.turn_detection
         self.config = config
+        self._detection_chosen = self._detection_chosen or "turn_detection" in fields
         if "format" in fields:
             if self._buffer.size or self._buffer.received:
                 self._clear()  # a new format starts a new buffer
-            self._input = AudioInput(config.input.format.type, config.input.format.rate)
-        if "turn_detection" in fields:
+            self._input = AudioInput(config.input.format.type, format_rate(config.input.format))
+        if "turn_detection" in fields or detection_changed:
             self._vad = self._make_vad()
         await self._send("session.updated", session=self.config.body())
 
@@ -222,13 +271,15 @@ class RealtimeSession:
         now = time.monotonic()
         self._buffer.append(samples, now)
         if self._vad is not None:
-            for event in await asyncio.to_thread(self._vad.feed, samples):
+            vad = self._vad
+            for event in await asyncio.to_thread(vad.feed, samples):
                 if event.kind == "start":
                     await self._speech_started(event.sample, now)
                 else:
-                    await self._speech_stopped(event.sample)
+                    await self._speech_stopped(event)
             if self._turn is None:
-                self._buffer.trim(self._buffer.received - RATE)  # keep a second for the next turn's padding
+                # Keep enough for the next turn's padding: its start is found up to a window late.
+                self._buffer.trim(self._buffer.received - max(RATE, vad.prefix + 2 * WINDOW))
         else:
             if self._turn is None:
                 self._turn = self._new_turn(self._buffer.start, now)
@@ -271,32 +322,62 @@ class RealtimeSession:
             "input_audio_buffer.speech_started", audio_start_ms=sample * 1000 // RATE, item_id=self._turn.item_id
         )
 
-    async def _speech_stopped(self, sample: int) -> None:
+    async def _speech_stopped(self, event: VadEvent) -> None:
         turn = self._turn
         if turn is None:
             return
-        await self._send("input_audio_buffer.speech_stopped", audio_end_ms=sample * 1000 // RATE, item_id=turn.item_id)
-        await self._commit(turn, sample, self._buffer.arrived(sample))
+        await self._send(
+            "input_audio_buffer.speech_stopped", audio_end_ms=event.sample * 1000 // RATE, item_id=turn.item_id
+        )
+        # The turn's audio goes on past the speech (event.until), so that a soft ending is not cut.
+        await self._commit(turn, event.until, self._buffer.arrived(event.sample), by_vad=True)
 
     async def _commit_manually(self) -> None:
         turn = self._turn
         if turn is None or (self._buffer.received - turn.start) / RATE < MIN_COMMIT_SECONDS:
+            if self._committed is not None:
+                # The VAD committed this turn a moment ago: the client's own commit means the same one.
+                await self._send("input_audio_buffer.committed", **self._committed)
+                self._committed = None
+                return
             raise ClientEventError(
                 "input_audio_buffer_commit_empty", f"the buffer holds less than {MIN_COMMIT_SECONDS * 1000:.0f} ms"
             )
+        if self._pending >= self.settings.stream_max_pending_turns:
+            # The audio stays in the buffer: a later commit takes it, once a turn has completed.
+            raise ClientEventError(
+                "too_many_pending_turns",
+                f"{self._pending} turns are waiting for their transcription; commit again once one has completed",
+            )
         await self._commit(turn, self._buffer.received, time.monotonic())
 
-    async def _commit(self, turn: Turn, stop: int, speech_end: float) -> None:
+    async def _commit(self, turn: Turn, stop: int, speech_end: float, by_vad: bool = False) -> None:
         """The turn is over: answer `committed`, and queue its final transcription."""
         turn.final = True
         if turn.partial is not None:
             turn.partial.cancel()
-        await self._send("input_audio_buffer.committed", item_id=turn.item_id, previous_item_id=self._last_item)
+        committed = {"item_id": turn.item_id, "previous_item_id": self._last_item}
+        await self._send("input_audio_buffer.committed", **committed)
+        self._committed = committed if by_vad else None
         self._last_item = turn.item_id
-        await self._finals.put((turn, self._buffer.slice(turn.start, stop), speech_end))
+        audio = self._buffer.slice(turn.start, stop)
         self._turn = None
         self._buffer.trim(stop)
         self._overflow_reported = False
+        if self._pending >= self.settings.stream_max_pending_turns:
+            # Only the VAD gets here (a client's commit is refused before): the turn fails at once.
+            self.metrics.stream_dropped_audio.labels("turns_pending").inc(audio.size / RATE)
+            error = {
+                "type": "server_error",
+                "code": "too_many_pending_turns",
+                "message": f"{self._pending} turns are waiting for their transcription; this one was dropped",
+            }
+            await self._send(
+                "conversation.item.input_audio_transcription.failed", item_id=turn.item_id, content_index=0, error=error
+            )
+            return
+        self._pending += 1
+        await self._finals.put((turn, audio, speech_end))
 
     def _maybe_partial(self) -> None:
         turn = self._turn
@@ -345,7 +426,10 @@ class RealtimeSession:
         """Transcribe finished turns one after another, so that their answers come in order."""
         while (item := await self._finals.get()) is not None:
             turn, audio, speech_end = item
-            await self._finalise(turn, audio, speech_end)
+            try:
+                await self._finalise(turn, audio, speech_end)
+            finally:
+                self._pending -= 1
 
     async def _finalise(self, turn: Turn, audio: npt.NDArray[np.float32], speech_end: float) -> None:
         token = CancelToken()
