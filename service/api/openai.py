@@ -61,11 +61,23 @@ class TranscriptionForm(TranslationForm):
     language: str | None = Field(None, description="ISO-639-1 code of the audio's language.")
     timestamp_granularities: list[Literal["word", "segment"]] = Field(["segment"])
 
+    include: list[str] | None = Field(
+        None, description="Refused when not empty: logprobs are not returned yet (an option is honoured or refused)."
+    )
+
     @field_validator("timestamp_granularities", mode="before")
     @classmethod
     def one_or_many(cls, value: object) -> object:
         # Clients send `timestamp_granularities[]=word` (a list) or a bare `timestamp_granularities=word`.
         return [value] if isinstance(value, str) else value
+
+    @field_validator("include", mode="before")
+    @classmethod
+    def nothing_to_include(cls, value: object) -> object:
+        # `include[]=logprobs` asks for what this service does not return yet: say so, never ignore it.
+        if value not in (None, "", []):
+            raise ValueError("logprobs are not returned yet; leave `include` out")
+        return None
 
 
 async def _respond(
