@@ -95,6 +95,10 @@ class RequestOptions:
     beam_size: int | None = None
     # The model, by ASR_MODELS id or alias (None: the default); an unknown name is 404.
     model: str | None = None
+    # The prompt is context (a stream's recent text), which the engine may shorten to batch it.
+    prompt_is_context: bool = False
+    # A live partial hypothesis: one cheap pass (TranscribeOptions.draft); the final is decoded in full.
+    draft: bool = False
 
 
 @dataclass
@@ -291,6 +295,8 @@ class Pipeline:
             initial_prompt=request.prompt or None,
             temperature=request.temperature,
             beam_size=request.beam_size,
+            prompt_is_context=request.prompt_is_context,
+            draft=request.draft,
         )
 
     def batching(self, backend: Backend, duration: float) -> bool:
@@ -421,7 +427,7 @@ class Pipeline:
             or not one_window(audio, self.settings.decode.long_audio_window_seconds)
         ):
             return None
-        key = backend.batch_key(options)
+        key = backend.batch_key(options, audio.duration)
         if key is None:
             return None
         observe = self._metrics.batch_size.labels(backend.name, backend.model).observe

@@ -62,7 +62,7 @@ def test_a_batch_transcribes_each_clip_as_it_is_alone(tmp_path: Path, speech_dir
         TranscribeOptions(word_timestamps=words),
         TranscribeOptions(word_timestamps=words),
     ]
-    assert len({backend.batch_key(o) for o in options}) == 1  # language and prompt are per clip
+    assert len({backend.batch_key(o, 3.0) for o in options}) == 1  # language and prompt are per clip
     alone = [backend.transcribe(clip, o) for clip, o in zip(clips, options, strict=True)]
     together = backend.transcribe_batch(clips, options, [threading.Event() for _ in clips])
     assert [_shape(t) for t in together if isinstance(t, Transcript)] == [_shape(t) for t in alone]
@@ -71,7 +71,7 @@ def test_a_batch_transcribes_each_clip_as_it_is_alone(tmp_path: Path, speech_dir
 
 def test_options_that_change_the_decode_never_share_a_call(tmp_path: Path) -> None:
     backend = _backend("embedded:tiny.en", tmp_path)
-    base = backend.batch_key(TranscribeOptions())
+    base = backend.batch_key(TranscribeOptions(), 3.0)
     assert base is not None
     for other in (
         TranscribeOptions(beam_size=1),
@@ -79,9 +79,9 @@ def test_options_that_change_the_decode_never_share_a_call(tmp_path: Path) -> No
         TranscribeOptions(word_timestamps=True),
         TranscribeOptions(temperature=0.4),
     ):
-        assert backend.batch_key(other) not in (None, base)
-    assert backend.batch_key(TranscribeOptions(batched=True)) is None  # a long file's own batching
-    assert backend.batch_key(TranscribeOptions(vad_filter=True)) is None
+        assert backend.batch_key(other, 3.0) not in (None, base)
+    assert backend.batch_key(TranscribeOptions(batched=True), 3.0) is None  # a long file's own batching
+    assert backend.batch_key(TranscribeOptions(vad_filter=True), 3.0) is None
 
 
 def test_a_cancelled_clip_leaves_the_batch_and_the_rest_finish(tmp_path: Path, speech_dir: Path) -> None:

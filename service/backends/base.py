@@ -59,6 +59,10 @@ class TranscribeOptions:
     # The prompt is context (a stream's recent text), not a client's words: the engine may drop its
     # oldest part, so that such prompts share batched calls (service.backends.whisper_batch).
     prompt_is_context: bool = False
+    # A draft (a live partial hypothesis): one greedy-or-given-beam pass without temperature fallback,
+    # where an engine that can may shorten its window to the audio plus some silence (cheaper, a
+    # little less accurate: the turn's final is decoded in full). Engines that cannot decode as usual.
+    draft: bool = False
 
 
 @dataclass
@@ -140,8 +144,9 @@ class ClipBatching(Protocol):
     shared engine calls; the scheduler gathers them (service.scheduler, Batchable). Engines without
     it decode every clip on its own."""
 
-    def batch_key(self, options: TranscribeOptions) -> Hashable | None:
-        """What two clips' options must share to be decoded in one call; None: never batched."""
+    def batch_key(self, options: TranscribeOptions, seconds: float) -> Hashable | None:
+        """What two clips' options (and `seconds` of audio) must share to be decoded in one call;
+        None: never batched."""
         ...
 
     def transcribe_batch(

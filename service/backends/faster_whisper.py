@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 from faster_whisper import BatchedInferencePipeline, WhisperModel
@@ -19,13 +20,19 @@ from service.backends.base import (
     Transcript,
     Word,
 )
-from service.backends.whisper_batch import CONTEXT_TOKENS, PER_CLIP, SHARED, BatchDecoder
+from service.backends.whisper_batch import (
+    CONTEXT_TOKENS,
+    DRAFT_TOKENS_PER_SECOND,
+    PER_CLIP,
+    SHARED,
+    BatchDecoder,
+    draft_frames,
+)
 from service.embedded_model import embedded_model_path, is_embedded
 from service.errors import ModelLoadError
 from service.hardware import cpu_threads, resolve_compute_type, resolve_device, worker_count
 
 if TYPE_CHECKING:
-    import threading
     from collections.abc import Callable, Hashable
 
     import numpy as np
@@ -122,7 +129,14 @@ class FasterWhisperBackend:
             # OpenAI's semantics: 0 means "start greedy and fall back to higher temperatures
             # on failure" (the engine default); another value is used as the only one.
             kwargs["temperature"] = options.temperature
+        elif options.draft:
+            kwargs["temperature"] = 0.0  # a draft is one pass: no fallback to higher temperatures
         return kwargs
+
+    def _draft_kwargs(self, options: TranscribeOptions, seconds: float) -> dict[str, Any]:
+        """A draft's keywords: its token limit follows its window, so that a loop stops early."""
+        window = draft_frames(seconds) / 100
+        return {**self._kwargs(options), "max_new_tokens": round(window * DRAFT_TOKENS_PER_SECOND)}
 
     def _prompt(self, options: TranscribeOptions) -> str | list[int] | None:
         """The prompt; context is cut to whole CONTEXT_TOKENS (its newest part, as faster-whisper
@@ -135,15 +149,17 @@ class FasterWhisperBackend:
         keep = len(tokens) - len(tokens) % CONTEXT_TOKENS if len(tokens) >= CONTEXT_TOKENS else len(tokens)
         return list(tokens[len(tokens) - keep :])
 
-    def batch_key(self, options: TranscribeOptions) -> Hashable | None:
-        """Options that may share a batched call: all but the language and the prompt equal; never
-        the batched pipeline (long files) or the VAD filter (it cuts the clip first)."""
+    def batch_key(self, options: TranscribeOptions, seconds: float) -> Hashable | None:
+        """Options that may share a batched call: all but the language and the prompt equal, and
+        for drafts the same window; never the batched pipeline (long files) or the VAD filter (it
+        cuts the clip first)."""
         if options.batched or options.vad_filter:
             return None
-        kwargs = self._kwargs(options)
+        kwargs = self._draft_kwargs(options, seconds) if options.draft else self._kwargs(options)
         if not set(kwargs) <= SHARED | PER_CLIP:
             return None
-        return tuple(sorted((k, repr(v)) for k, v in kwargs.items() if k not in PER_CLIP))
+        window = draft_frames(seconds) if options.draft else None
+        return window, tuple(sorted((k, repr(v)) for k, v in kwargs.items() if k not in PER_CLIP))
 
     def transcribe_batch(
         self,
@@ -154,7 +170,14 @@ class FasterWhisperBackend:
         """Transcribe clips of at most 30 s in shared engine calls (service.backends.whisper_batch)."""
         if any(len(clip) > MAX_CLIP_SECONDS * SAMPLE_RATE for clip in clips):
             raise ValueError(f"a batched clip is at most {MAX_CLIP_SECONDS:.0f} s")
-        decoded = self._clips.decode(clips, [self._kwargs(o) for o in options], cancels)
+        # A draft's window follows its length; batched drafts share one (their batch keys say so).
+        seconds = max(len(c) for c in clips) / SAMPLE_RATE
+        if options[0].draft:
+            window: int | None = draft_frames(seconds)
+            kwargs = [self._draft_kwargs(o, seconds) for o in options]
+        else:
+            window, kwargs = None, [self._kwargs(o) for o in options]
+        decoded = self._clips.decode(clips, kwargs, cancels, window)
         out: list[Transcript | Exception] = []
         for result in decoded:
             if isinstance(result, Exception):
@@ -172,6 +195,15 @@ class FasterWhisperBackend:
         cancel: threading.Event | None = None,
         on_segment: Callable[[Segment], None] | None = None,
     ) -> Transcript:
+        if options.draft and len(audio) <= MAX_CLIP_SECONDS * SAMPLE_RATE:
+            # Drafts are decoded by the batch decoder alone: it can shorten the window.
+            result = self.transcribe_batch([audio], [options], [cancel or threading.Event()])[0]
+            if isinstance(result, Exception):
+                raise result
+            for seg in result.segments:
+                if on_segment is not None:
+                    on_segment(seg)
+            return result
         kwargs = self._kwargs(options)
         if options.batched:
             # The batched pipeline needs VAD to cut the audio into chunks it can batch. It decodes
