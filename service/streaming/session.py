@@ -24,10 +24,11 @@ INTERACTIVE priority, in order, each holding an admission place like a file requ
 turn may be sampled for the quality loop. A partial decodes the turn's audio since its cut (the
 turn's start, until the turn grows long: service.streaming.partials), as a draft (one cheap pass,
 TranscribeOptions.draft), at ASR_STREAM_PARTIAL_BEAM_SIZE, on ASR_STREAM_PARTIAL_MODEL when one is
-named, with the session's recent text and the turn's confirmed words before the cut as its prompt. A finished turn is decoded whole at the
-session's beam, with the session's recent text (its last ASR_STREAM_CONTEXT_CHARS characters) as
-the prompt, so that each turn is heard in context; the context is forgotten when a turn's final
-looks like a hallucination, so that one invented line does not prompt the next.
+named, with the session's recent text and the turn's confirmed words before the cut as its
+prompt. A finished turn is decoded whole at the session's beam, with the session's recent text
+(its last ASR_STREAM_CONTEXT_CHARS characters) as the prompt, so that each turn is heard in
+context; the context is forgotten when a turn's final looks like a hallucination, so that one
+invented line does not prompt the next.
 """
 
 from __future__ import annotations
