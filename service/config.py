@@ -181,6 +181,12 @@ class LimitSettings(BaseSettings):
     timeout_per_audio_second: float = Field(
         1.0, ge=0, description="Extra timeout granted per second of audio, so long files are not cut short."
     )
+    max_keywords: int = Field(
+        50, ge=0, le=1000, description="Most `keywords` one request or stream may give (422 beyond); 0: none allowed."
+    )
+    max_keyword_chars: int = Field(
+        64, ge=1, le=1000, description="Longest keyword accepted, in characters (422 beyond)."
+    )
 
 
 class SchedulerSettings(BaseSettings):

@@ -86,6 +86,10 @@ class RequestOptions:
     beam_size: int | None = None
     # The model, by ASR_MODELS id or alias (None: the default); an unknown name is 404.
     model: str | None = None
+    # Each text token's log probability in the segments (OpenAI's include=logprobs).
+    logprobs: bool = False
+    # Words and names to steer decoding towards (OpenAI's keywords); at most ASR_MAX_KEYWORDS.
+    keywords: tuple[str, ...] = ()
 
 
 @dataclass
@@ -237,6 +241,7 @@ class Pipeline:
         return self._options_for(backend, request)
 
     def _options_for(self, backend: Backend | None, request: RequestOptions) -> TranscribeOptions:
+        self._check_keywords(request.keywords)
         if backend is None:
             return self._engine_options(request, vad_filter_offered=True)
         caps = backend.capabilities
@@ -245,18 +250,44 @@ class Pipeline:
             raise BadRequestError(
                 f"unknown or unsupported language {shown(request.language)}; this model knows: {known}"
             )
-        wanted = {
-            "translation": (request.task == "translate", caps.translate),
-            "word timestamps": (request.word_timestamps, caps.word_timestamps),
-            "emotion and sound-event output (SenseVoice)": (request.rich_output, caps.emotion or caps.audio_events),
-            "a prompt": (bool(request.prompt), caps.prompt),
-            "a non-zero temperature": (bool(request.temperature), caps.temperature),
-            "the VAD filter": (bool(request.vad_filter), caps.vad_filter),
+        # feature: (asked, offered, the request field, where every route names it alike)
+        wanted: dict[str, tuple[bool, bool, str | None]] = {
+            "translation": (request.task == "translate", caps.translate, None),
+            "word timestamps": (request.word_timestamps, caps.word_timestamps, None),
+            "emotion and sound-event output (SenseVoice)": (
+                request.rich_output,
+                caps.emotion or caps.audio_events,
+                None,
+            ),
+            "a prompt": (bool(request.prompt), caps.prompt, None),
+            "a non-zero temperature": (bool(request.temperature), caps.temperature, None),
+            "the VAD filter": (bool(request.vad_filter), caps.vad_filter, None),
+            "token log probabilities (include logprobs)": (request.logprobs, caps.logprobs, "include"),
+            "keywords": (bool(request.keywords), caps.keywords, "keywords"),
         }
-        for feature, (asked, offered) in wanted.items():
+        for feature, (asked, offered, param) in wanted.items():
             if asked and not offered:
-                raise UnsupportedFeatureError(f"{feature} is not supported by {backend.name} model {backend.model}")
+                raise UnsupportedFeatureError(
+                    f"{feature} is not supported by {backend.name} model {backend.model}", param=param
+                )
         return self._engine_options(request, vad_filter_offered=caps.vad_filter)
+
+    def _check_keywords(self, keywords: tuple[str, ...]) -> None:
+        """Raises BadRequestError (422, param `keywords`) past ASR_MAX_KEYWORDS or
+        ASR_MAX_KEYWORD_CHARS, or for an empty keyword."""
+        limits = self.settings.limits
+        if len(keywords) > limits.max_keywords:
+            raise BadRequestError(
+                f"{len(keywords)} keywords given; at most {limits.max_keywords} are taken", param="keywords"
+            )
+        for keyword in keywords:
+            if not keyword.strip():
+                raise BadRequestError("a keyword is empty", param="keywords")
+            if len(keyword) > limits.max_keyword_chars:
+                raise BadRequestError(
+                    f"the keyword {shown(keyword)} is longer than {limits.max_keyword_chars} characters",
+                    param="keywords",
+                )
 
     def _engine_options(self, request: RequestOptions, vad_filter_offered: bool) -> TranscribeOptions:
         vad = self.settings.decode.vad_filter_default if request.vad_filter is None else request.vad_filter
@@ -268,6 +299,8 @@ class Pipeline:
             initial_prompt=request.prompt or None,
             temperature=request.temperature,
             beam_size=request.beam_size,
+            logprobs=request.logprobs,
+            keywords=tuple(request.keywords),  # a job's stored options hold a list
         )
 
     def batching(self, backend: Backend, duration: float) -> bool:

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 M = TypeVar("M", bound=BaseModel)
 # Room for multipart framing and the small text fields beside the file.
 FORM_OVERHEAD_BYTES = 1024 * 1024
+# Fields a form may hold beside its list fields' items (keywords[]: up to ASR_MAX_KEYWORDS more).
+FORM_FIELDS = 64
 # Routes whose body is an upload (ASR_MAX_UPLOAD_BYTES); every other body is capped at 1 MB.
 UPLOAD_ROUTES = frozenset(
     {"/transcribe", "/v1/audio/transcriptions", "/v1/audio/translations", "/asr", "/detect-language", "/v1/jobs"}
@@ -85,11 +87,11 @@ _ERRORS = {
 UPLOAD_ERRORS = (400, 401, 413, 415, 422, 429, 503, 504, 507)
 
 
-async def read_form(request: Request) -> FormData:
+async def read_form(request: Request, max_fields: int = FORM_FIELDS) -> FormData:
     """The multipart form, read within the body limit; raises ClientGoneError, InsufficientStorageError
     or BadRequestError (a body that is not a form)."""
     try:
-        return await request.form(max_files=4, max_fields=64)
+        return await request.form(max_files=4, max_fields=max_fields)
     except ClientDisconnect:
         raise ClientGoneError("the client closed the connection during the upload") from None
     except OSError as exc:
@@ -101,7 +103,7 @@ async def read_form(request: Request) -> FormData:
 
 
 async def read_upload_form(
-    request: Request, model: type[M], max_upload_bytes: int, file_field: str = "file"
+    request: Request, model: type[M], max_upload_bytes: int, file_field: str = "file", max_fields: int = FORM_FIELDS
 ) -> tuple[M, UploadFile, FormData]:
     """Parse a multipart form holding one file field `file` and the fields of `model`.
 
@@ -110,7 +112,7 @@ async def read_upload_form(
     ClientGoneError when the client hangs up mid-upload and InsufficientStorageError when the
     disk the upload spools to is full.
     """
-    form = await read_form(request)
+    form = await read_form(request, max_fields)
     try:
         files = form.getlist(file_field)
         upload = files[0] if len(files) == 1 else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 from fastapi import APIRouter, Request
@@ -16,13 +17,14 @@ from service.api.deps import AdminDep, ApiKeyDep, MetricsDep, PipelineDep, Setti
 from service.api.schemas import (
     ModelCard,
     ModelList,
+    OpenAILogprob,
     OpenAITranscription,
     OpenAIVerboseTranscription,
     Usage,
     openai_answer,
 )
 from service.api.uploads import read_upload, run_upload
-from service.errors import ServiceError
+from service.errors import BadRequestError, ServiceError
 from service.formats import FINE_FORMATS, ResponseFormat
 from service.languages import normalize_language
 from service.models import ModelStatus
@@ -60,8 +62,18 @@ class TranslationForm(BaseModel):
 class TranscriptionForm(TranslationForm):
     language: str | None = Field(None, description="ISO-639-1 code of the audio's language.")
     timestamp_granularities: list[Literal["word", "segment"]] = Field(["segment"])
+    include: list[Literal["logprobs"]] = Field(
+        [],
+        description="`logprobs`: each text token's log probability in `logprobs` (response_format json only; "
+        "docs/models.md says where they come from).",
+    )
+    keywords: list[str] = Field(
+        [],
+        description="Words and names the audio may hold, to steer decoding towards (faster-whisper's hotwords); "
+        "at most ASR_MAX_KEYWORDS of ASR_MAX_KEYWORD_CHARS characters.",
+    )
 
-    @field_validator("timestamp_granularities", mode="before")
+    @field_validator("timestamp_granularities", "include", "keywords", mode="before")
     @classmethod
     def one_or_many(cls, value: object) -> object:
         # Clients send `timestamp_granularities[]=word` (a list) or a bare `timestamp_granularities=word`.
@@ -79,6 +91,12 @@ async def _respond(
     def options(form: TranslationForm) -> RequestOptions:
         words = isinstance(form, TranscriptionForm) and "word" in form.timestamp_granularities
         language = form.language if isinstance(form, TranscriptionForm) else None
+        logprobs = _logprobs(form)
+        if logprobs and form.response_format != "json":
+            # As OpenAI: logprobs are part of the json answer only; never dropped silently.
+            raise BadRequestError(
+                f"include=logprobs needs response_format json, not {form.response_format}", param="include"
+            )
         return RequestOptions(
             language=normalize_language(language),
             task=task,
@@ -87,29 +105,42 @@ async def _respond(
             temperature=form.temperature,
             fine_segments=form.response_format in FINE_FORMATS,
             model=pipeline.resolve_model(form.model),  # 404 model_not_found for a name no entry has
+            logprobs=logprobs,
+            keywords=tuple(form.keywords) if isinstance(form, TranscriptionForm) else (),
         )
 
     upload = await read_upload(request, pipeline, settings, form_model, options)
     form = upload.fields
+    logprobs = _logprobs(form)
     if form.stream:
-        return await sse.stream(request, pipeline, metrics, upload, _delta, _done, _error)
+        return await sse.stream(
+            request, pipeline, metrics, upload, partial(_delta, logprobs), partial(_done, logprobs), _error
+        )
     outcome, background = await run_upload(request, pipeline, upload)
     result = outcome.result
     words = isinstance(form, TranscriptionForm) and "word" in form.timestamp_granularities
     verbose = form.response_format == "verbose_json"
-    return respond(result, form.response_format, lambda: openai_answer(result, task, verbose, words), background)
+    return respond(
+        result, form.response_format, lambda: openai_answer(result, task, verbose, words, logprobs), background
+    )
 
 
-def _delta(segment: Segment, index: int) -> str:
+def _logprobs(form: TranslationForm) -> bool:
+    return isinstance(form, TranscriptionForm) and "logprobs" in form.include
+
+
+def _delta(logprobs: bool, segment: Segment, index: int) -> str:
     """OpenAI's `transcript.text.delta`: each segment's text as it is decoded; joined, they are the text."""
     text = segment.text if index == 0 else " " + segment.text
-    return sse.event({"type": "transcript.text.delta", "delta": text})
+    extra = {"logprobs": [lp.body() for lp in OpenAILogprob.of([segment])]} if logprobs else {}
+    return sse.event({"type": "transcript.text.delta", "delta": text, **extra})
 
 
-def _done(outcome: Outcome) -> str:
+def _done(logprobs: bool, outcome: Outcome) -> str:
     result = outcome.result
     usage = Usage.of(result).body()
-    return sse.event({"type": "transcript.text.done", "text": result.transcript.text, "usage": usage})
+    extra = {"logprobs": [lp.body() for lp in OpenAILogprob.of(result.transcript.segments)]} if logprobs else {}
+    return sse.event({"type": "transcript.text.done", "text": result.transcript.text, "usage": usage, **extra})
 
 
 def _error(exc: ServiceError) -> str:

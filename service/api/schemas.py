@@ -144,11 +144,29 @@ class Usage(Answer):
         return cls(type="duration", seconds=round(result.transcript.duration, 3))
 
 
+class OpenAILogprob(Answer):
+    """One text token and its log probability, as OpenAI's `include[]=logprobs` has it."""
+
+    token: str = Field(description="The token as Whisper wrote it; a word's first token has its leading space.")
+    bytes: list[int] = Field(description="The token's UTF-8 bytes (they join into the text's).")
+    logprob: float = Field(description="Natural log of the probability the decoder gave the token (<= 0).")
+
+    @classmethod
+    def of(cls, segments: list[Any]) -> list[OpenAILogprob]:
+        """The tokens of `segments` (backends.base.Segment) in order; segments without them add none."""
+        return [
+            cls(token=lp.token, bytes=list(lp.data), logprob=lp.logprob) for s in segments for lp in s.logprobs or []
+        ]
+
+
 class OpenAITranscription(Answer):
     """OpenAI's `json` answer."""
 
     text: str
     usage: Usage
+    logprobs: list[OpenAILogprob] | None = Field(
+        None, description="With include[]=logprobs: each text token's log probability (docs/models.md)."
+    )
 
 
 class WhisperSegment(Answer):
@@ -193,6 +211,7 @@ class OpenAIWord(Answer):
     word: str
     start: float
     end: float
+    probability: float = Field(description="Ours, beyond OpenAI's fields: the mean probability of the word's tokens.")
 
 
 class OpenAIVerboseTranscription(Answer):
@@ -212,7 +231,12 @@ class OpenAIVerboseTranscription(Answer):
         extra: dict[str, Any] = {}
         if words:
             extra["words"] = [
-                OpenAIWord(word=w.word.strip(), start=round(w.start, 3), end=round(w.end, 3))
+                OpenAIWord(
+                    word=w.word.strip(),
+                    start=round(w.start, 3),
+                    end=round(w.end, 3),
+                    probability=round(w.probability, 4),
+                )
                 for s in t.segments
                 for w in s.words or []
             ]
@@ -228,12 +252,14 @@ class OpenAIVerboseTranscription(Answer):
 
 
 def openai_answer(
-    result: Result, task: Literal["transcribe", "translate"], verbose: bool, words: bool
+    result: Result, task: Literal["transcribe", "translate"], verbose: bool, words: bool, logprobs: bool = False
 ) -> OpenAITranscription | OpenAIVerboseTranscription:
-    """OpenAI's /v1/audio/transcriptions (and translations) JSON shapes."""
+    """OpenAI's /v1/audio/transcriptions (and translations) JSON shapes; `logprobs` only in `json`."""
     if verbose:
         return OpenAIVerboseTranscription.build(result, task, words)
-    return OpenAITranscription(text=result.transcript.text, usage=Usage.of(result))
+    t = result.transcript
+    extra = {"logprobs": OpenAILogprob.of(t.segments)} if logprobs else {}
+    return OpenAITranscription(text=t.text, usage=Usage.of(result), **extra)
 
 
 class ModelCard(Answer):
