@@ -26,7 +26,10 @@ def _config(prefix: str) -> SettingsConfigDict:
 
 
 # OpenAI's transcription model names: clients hard-code them, so the default model answers to them.
-OPENAI_TRANSCRIPTION_MODELS = "whisper-1,gpt-4o-transcribe,gpt-4o-mini-transcribe,gpt-4o-transcribe-diarize"
+OPENAI_TRANSCRIPTION_MODELS = (
+    "whisper-1,gpt-transcribe,gpt-live-transcribe,gpt-4o-transcribe,gpt-4o-mini-transcribe,"
+    "gpt-4o-mini-transcribe-2025-12-15,gpt-4o-transcribe-diarize,gpt-realtime-whisper"
+)
 _MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$"
 
 
@@ -395,6 +398,36 @@ class StreamSettings(BaseSettings):
     )
     stream_final_wait_seconds: float = Field(
         10.0, ge=0, description="How long a finished turn waits for a place when the queue is full."
+    )
+    stream_max_pending_turns: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description="Finished turns of one stream waiting for (or in) their final decode; past it a commit gets "
+        "an error event and a VAD turn fails at once.",
+    )
+    stream_max_events_per_second: float = Field(
+        200.0,
+        gt=0,
+        description="Client events one stream may send per second (bursts of a second's worth); the rest get an "
+        "error event and are dropped unread.",
+    )
+    stream_max_audio_per_second: float = Field(
+        4.0,
+        gt=0,
+        description="Seconds of audio one stream may send per second, on average (a live source sends 1); the "
+        "excess gets an error event and is dropped.",
+    )
+    stream_audio_burst_seconds: float = Field(
+        150.0,
+        gt=0,
+        description="Audio a stream may send at once beyond that rate (the largest frame at 8 kHz is 131 s).",
+    )
+    stream_send_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A client that reads nothing for this long while events wait for it is closed "
+        "(slow consumer), as is one with more than 1 MiB of events waiting.",
     )
 
 

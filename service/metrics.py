@@ -88,6 +88,12 @@ WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
 # A job from submission to its end: a minute to several hours.
 JOB_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0)
 SKIP_REASONS = ("missing_audio", "damaged_audio", "missing_record")
+# Live streams: client events answered with an error (invalid: malformed or out of range;
+# unsupported: an option or event not offered; rate_limited; turns_pending: too many turns
+# waiting for their final decode), why streams ended, and why audio was dropped.
+STREAM_EVENT_REJECTIONS = ("invalid", "unsupported", "rate_limited", "turns_pending")
+STREAM_CLOSE_REASONS = ("client", "idle_timeout", "too_long", "slow_consumer", "shutting_down", "key_limit")
+STREAM_DROP_REASONS = ("buffer_full", "turns_pending")
 UNMATCHED_ROUTE = "<unmatched>"
 CONNECTION_CLOSE_REASONS = ("connection_limit", "evicted_idle", "header_timeout")
 
@@ -403,7 +409,20 @@ class Metrics:
         )
         self.stream_dropped_audio = Counter(
             "asr_stream_audio_dropped_seconds",
-            "Live audio dropped, by reason (buffer_full: held past ASR_STREAM_MAX_BUFFER_SECONDS without a commit).",
+            "Live audio dropped, by reason (buffer_full: held past ASR_STREAM_MAX_BUFFER_SECONDS without a commit; "
+            "turns_pending: a VAD turn past ASR_STREAM_MAX_PENDING_TURNS).",
+            ["reason"],
+            registry=r,
+        )
+        self.stream_events_rejected = Counter(
+            "asr_stream_events_rejected",
+            "Client events of live streams answered with an error event, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.streams_closed = Counter(
+            "asr_streams_closed",
+            "Live streams ended, by reason (client: the client closed or left; slow_consumer: it stopped reading).",
             ["reason"],
             registry=r,
         )
@@ -527,7 +546,12 @@ class Metrics:
             self.quality_skipped.labels(reason)
         for outcome in WEBHOOK_OUTCOMES:
             self.webhook_deliveries.labels(outcome)
-        self.stream_dropped_audio.labels("buffer_full")
+        for reason in STREAM_DROP_REASONS:
+            self.stream_dropped_audio.labels(reason)
+        for reason in STREAM_EVENT_REJECTIONS:
+            self.stream_events_rejected.labels(reason)
+        for reason in STREAM_CLOSE_REASONS:
+            self.streams_closed.labels(reason)
         if not self.multiprocess:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)

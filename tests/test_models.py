@@ -243,3 +243,36 @@ async def test_one_model_settings_stay_as_they_were(tmp_path: Path, speech_dir: 
         assert card["id"] == "whisper-tiny.en" and card["state"] == "ready" and card["preload"] is True
         assert "whisper-1" in card["aliases"] and "gpt-4o-transcribe" in card["aliases"]
         assert (await _post(h, fox, "whisper-1", "/v1/audio/transcriptions")).status_code == 200
+
+
+def test_a_realtime_session_chooses_its_model(tmp_path: Path) -> None:
+    import base64
+    import json
+
+    import numpy as np
+    from starlette.testclient import TestClient
+
+    from service.app import create_app
+    from service.metrics import Metrics
+
+    entries = _entries({"id": "big", "aliases": ["gpt-4o-transcribe"], "preload": True}, {"id": "small"})
+    makers = {"big": lambda: FakeBackend(text="from big"), "small": lambda: FakeBackend(text="from small")}
+    app = create_app(_settings(tmp_path, entries), backend_factory=by_model(**makers), metrics=Metrics())
+    speech = (np.sin(np.arange(24_000) / 3) * 8000).astype("<i2").tobytes()  # 1 s at 24 kHz
+    with TestClient(app) as client, client.websocket_connect("/v1/realtime?intent=transcription") as ws:
+        created = ws.receive_json()
+        assert created["session"]["audio"]["input"]["transcription"]["model"] == "big"
+        update = {"type": "session.update", "session": {"type": "transcription", "audio": {"input": {}}}}
+        unknown = json.loads(json.dumps(update))
+        unknown["session"]["audio"]["input"] = {"transcription": {"model": "nope"}, "turn_detection": None}
+        ws.send_json(unknown)
+        error = ws.receive_json()
+        assert error["type"] == "error" and error["error"]["code"] == "model_not_found"
+        update["session"]["audio"]["input"] = {"transcription": {"model": "small"}, "turn_detection": None}
+        ws.send_json(update)
+        assert ws.receive_json()["type"] == "session.updated"  # the session went on
+        ws.send_json({"type": "input_audio_buffer.append", "audio": base64.b64encode(speech).decode()})
+        ws.send_json({"type": "input_audio_buffer.commit"})
+        while (event := ws.receive_json())["type"] != "conversation.item.input_audio_transcription.completed":
+            assert event["type"] != "error", event
+        assert event["transcript"] == "from small"

@@ -1,43 +1,36 @@
 """The Realtime WebSocket for live transcription: `/v1/realtime?intent=transcription`.
 
 The official client works unchanged: `client.realtime.connect(extra_query={"intent":
-"transcription"})`. The protocol is service.streaming.session's; this route adds what belongs
-to the connection: auth (the same keys, a dependency as on every route, as a bearer token or as
-the subprotocol browsers send, `openai-insecure-api-key.<key or client secret>`; a client secret
-from POST /v1/realtime/client_secrets opens one session and makes `?intent` optional; a refusal
-is an `error` event and close 1008, sent by the app's error handler), the key's limits (a stream
-holds one of its places in flight; each finished turn's audio is charged to it, and a stream whose
-key has spent its hour's audio ends with an `error` event `key_audio_limit` and close 1013), the
+"transcription"})`. The protocol is service.streaming.session's, the connection's limits (idle
+timeout, longest session, draining, slow consumers, rates) service.streaming.connection's; this
+route adds what comes before a session and what belongs to its key: auth (the same keys, a
+dependency as on every route, as a bearer token or as the subprotocol browsers send,
+`openai-insecure-api-key.<key or client secret>`; a client secret from POST
+/v1/realtime/client_secrets opens one session and makes `?intent` optional; a refusal is an
+`error` event and close 1008, sent by the app's error handler), the key's limits (a stream holds
+one of its places in flight; each finished turn's audio is charged to it, and a stream whose key
+has spent its hour's audio ends with an `error` event `key_audio_limit` and close 1013), and the
 stream limit (ASR_MAX_STREAMS: one more gets an `error` event and close code 1013, "try again
-later"), the idle timeout, the longest session, and draining (finished turns get the grace
-period, then close code 1012). Refusals are an `error` event followed by a close, so the client
-learns why.
+later"). Refusals are an `error` event followed by a close, so the client learns why.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketState
 
 from service.api.deps import KEY_SUBPROTOCOL, KeyUsageDep, MetricsDep, PipelineDep, SettingsDep, StreamsDep, WorkKeyDep
 from service.errors import ServiceError
+from service.streaming.connection import POLICY_VIOLATION, SERVICE_RESTART, Connection, Outbox
 from service.streaming.hub import StreamLimitError
 from service.streaming.session import RealtimeSession
 
-if TYPE_CHECKING:
-    from service.config import Settings
-    from service.streaming.hub import StreamHub
-
 router = APIRouter()
 TRY_AGAIN_LATER = 1013
-SERVICE_RESTART = 1012
-POLICY_VIOLATION = 1008
 
 
 def close_code_for(status: int) -> int:
@@ -105,76 +98,39 @@ async def realtime(
         )
         return
     await websocket.accept(subprotocol=subprotocol(websocket))
-    lock = asyncio.Lock()
+    outbox = Outbox(websocket, settings.streams.stream_send_timeout_seconds)
+    connection: Connection | None = None
 
     async def send(event: dict[str, Any]) -> None:
-        if websocket.application_state == WebSocketState.DISCONNECTED:
-            return  # closed for the key's budget: what the session still says goes nowhere
-        async with lock:
-            await websocket.send_text(json.dumps(event, ensure_ascii=False))
+        await outbox.send(event)
         seconds = turn_seconds(event)
         if seconds:
             usage.charge(caller.label, seconds)
-            if usage.over_budget(caller.label, caller.limits):
+            if usage.over_budget(caller.label, caller.limits) and connection is not None:
                 assert caller.limits is not None
                 metrics.rejected.labels("key_limit").inc()
                 budget = f"{caller.limits.audio_seconds_per_hour:g}"
-                await refuse(
-                    websocket,
-                    "key_audio_limit",
-                    f"this key has used its {budget} audio seconds of the last hour",
-                    TRY_AGAIN_LATER,
-                )
+                message = f"this key has used its {budget} audio seconds of the last hour"
+                connection.end_soon("key_limit", "key_audio_limit", message, TRY_AGAIN_LATER)
 
     session = RealtimeSession(pipeline, settings.streams, send, metrics)
+    # What the client secret was minted with applies before anything the client sends.
+    opening = [json.dumps({"type": "session.update", "session": caller.session})] if caller.session else []
     try:
         with hub.open(session):
-            try:
-                await session.start()
-                if caller.session is not None:  # what the client secret was minted with
-                    await session.handle(json.dumps({"type": "session.update", "session": caller.session}))
-                await _serve(websocket, session, settings, hub)
-            finally:
-                await session.close()
+            connection = Connection(
+                websocket,
+                session,
+                outbox,
+                settings.streams,
+                metrics,
+                hub.draining,
+                settings.server.shutdown_grace_seconds,
+                opening=opening,
+            )
+            await connection.run()
     except StreamLimitError:
         await session.close()
         metrics.rejected.labels("stream_limit").inc()
         limit = f"all {hub.max_streams} live streams are taken; retry later"
         await refuse(websocket, "too_many_streams", limit, TRY_AGAIN_LATER)
-
-
-async def _serve(websocket: WebSocket, session: RealtimeSession, settings: Settings, hub: StreamHub) -> None:
-    limits = settings.streams
-    started = time.monotonic()
-    while True:
-        left = limits.stream_max_seconds - (time.monotonic() - started)
-        if left <= 0:
-            await session.error("session_too_long", f"a stream may last {limits.stream_max_seconds:.0f} s at most")
-            await websocket.close(POLICY_VIOLATION, "session too long")
-            return
-        receive = asyncio.ensure_future(websocket.receive())
-        drain = asyncio.ensure_future(hub.draining.wait())
-        done, _ = await asyncio.wait(
-            {receive, drain}, timeout=min(limits.stream_idle_seconds, left), return_when=asyncio.FIRST_COMPLETED
-        )
-        drain.cancel()
-        if receive not in done:
-            receive.cancel()
-            if drain in done:
-                # Turns already finished get the grace period; then the client is told why it ends.
-                await session.finish_pending(settings.server.shutdown_grace_seconds)
-                await session.error("shutting_down", "the service is shutting down; reconnect to another instance")
-                await websocket.close(SERVICE_RESTART, "service restart")
-                return
-            if time.monotonic() - started < limits.stream_max_seconds:
-                await session.error("idle_timeout", f"nothing received for {limits.stream_idle_seconds:.0f} s")
-                await websocket.close(1000, "idle timeout")
-                return
-            continue
-        message = receive.result()
-        if message["type"] == "websocket.disconnect":
-            return
-        if message.get("text") is not None:
-            await session.handle(message["text"])
-        else:
-            await session.error("binary_frames_unsupported", "send JSON text events (audio as base64 in an append)")

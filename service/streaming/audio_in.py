@@ -58,6 +58,8 @@ class AudioInput:
 
     def convert(self, data: bytes) -> npt.NDArray[np.float32]:
         """Samples at 16 kHz for one frame; raises BadAudioError."""
+        if not data:
+            return np.zeros(0, dtype=np.float32)  # PyAV cannot make a frame of no samples (MemoryError)
         if self.kind in _G711:
             pcm = _G711[self.kind][np.frombuffer(data, dtype=np.uint8)]
         else:

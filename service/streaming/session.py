@@ -1,17 +1,27 @@
-"""One live transcription session, speaking OpenAI's Realtime protocol for transcription.
+"""One live transcription session: turns, and their partial and final decodes through the pipeline.
 
-Client events: `session.update`, `input_audio_buffer.append` (base64 audio), `.commit`, `.clear`.
-Server events: `session.created` / `session.updated`, `input_audio_buffer.speech_started` /
-`speech_stopped` / `committed` / `cleared`, `conversation.item.input_audio_transcription.delta`
-(partial text while the speaker talks, only words two consecutive hypotheses agree on, never taken
-back), `.completed` (the turn's final text, with usage; SenseVoice adds its emotion and events) or
-`.failed`, and `error` for anything the client got wrong (the session goes on).
+The protocol is OpenAI's Realtime protocol for transcription; its client events and the
+session's configuration are typed in service.streaming.events, the input audio is held by
+service.streaming.buffer. Client events: `session.update`, `input_audio_buffer.append` (base64
+audio), `.commit`, `.clear`. Server events: `session.created` / `session.updated`,
+`input_audio_buffer.speech_started` / `speech_stopped` / `committed` / `cleared`,
+`conversation.item.input_audio_transcription.delta` (partial text while the speaker talks, only
+words two consecutive hypotheses agree on, never taken back), `.completed` (the turn's final text,
+with usage; SenseVoice adds its emotion and events) or `.failed`, and `error` for anything the
+client got wrong (the session goes on).
 
-Turns come from server VAD (Silero, service.streaming.vad) or, with `turn_detection: null`, from
-the client's commits. Every decode goes through Pipeline.transcribe: partial hypotheses at STREAM
-priority (at most one in flight per stream, never more than workers - 1 workers for all
-streams), finished turns at INTERACTIVE priority, in order, each holding an admission place like a
-file request; a completed turn may be sampled for the quality loop.
+Turns come from server VAD (Silero, service.streaming.vad; `semantic_vad` is served by it too,
+with a silence length from its eagerness) or, with `turn_detection: null`, from the client's
+commits (the default for models without server turn detection, CLIENT_TURN_MODELS). A client
+that commits itself while server VAD is on may commit right after the VAD did: that commit is
+answered with the turn the VAD just committed, not an error (such clients treat
+`input_audio_buffer_commit_empty` as fatal). At most ASR_STREAM_MAX_PENDING_TURNS finished turns
+wait for their final decode; past that a commit is refused and a VAD turn fails at once.
+
+Every decode goes through Pipeline.transcribe: partial hypotheses at STREAM priority (at most one
+in flight per stream, never more than workers - 1 workers for all streams), finished turns at
+INTERACTIVE priority, in order, each holding an admission place like a file request; a completed
+turn may be sampled for the quality loop.
 """
 
 from __future__ import annotations
@@ -19,30 +29,40 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from service.audio import DecodedAudio
 from service.backends.base import SAMPLE_RATE
 from service.cancellation import CLIENT_DISCONNECTED, CancelToken
-from service.errors import ServiceError
+from service.errors import ModelNotFoundError, ServiceError
 from service.languages import normalize_language
 from service.pipeline import RequestOptions, Work
 from service.scheduler import Preempted, Priority
-from service.streaming.audio_in import PCM_RATES, AudioInput, BadAudioError
+from service.streaming.audio_in import AudioInput, BadAudioError
+from service.streaming.buffer import InputBuffer
+from service.streaming.events import (
+    AppendEvent,
+    ClearEvent,
+    ClientEventError,
+    CommitEvent,
+    SessionConfig,
+    SessionUpdate,
+    SessionUpdateEvent,
+    Transcription,
+    format_rate,
+    parse_event,
+)
 from service.streaming.stabilizer import Stabilizer
-from service.streaming.vad import StreamingVad
+from service.streaming.vad import WINDOW, StreamingVad, VadEvent
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    import numpy as np
     import numpy.typing as npt
 
     from service.config import StreamSettings
@@ -53,19 +73,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 RATE = SAMPLE_RATE
 MIN_COMMIT_SECONDS = 0.1  # as OpenAI: a commit of less audio is an error
-FORMATS = ("audio/pcm", "audio/pcmu", "audio/pcma")
+MAX_ECHO = 300  # characters of a message or param sent back in an error event
+
+
+def rejection_reason(code: str) -> str:
+    """The asr_stream_events_rejected_total reason (metrics.STREAM_EVENT_REJECTIONS) of an error code."""
+    if code == "rate_limit_exceeded":
+        return "rate_limited"
+    if code == "too_many_pending_turns":
+        return "turns_pending"
+    if code.startswith("unsupported_") or code == "unknown_event":
+        return "unsupported"
+    return "invalid"
 
 
 def _id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:24]}"
-
-
-class ClientEventError(Exception):
-    """A client event the session cannot act on; answered with an `error` event."""
-
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.param = code, message, param
 
 
 @dataclass
@@ -95,32 +118,17 @@ class RealtimeSession:
         self.id = _id("sess")
         backend = pipeline.model()
         self._partials = backend.capabilities.partials
-        self.config: dict[str, Any] = {
-            "type": "transcription",
-            "id": self.id,
-            "audio": {
-                "input": {
-                    "format": {"type": "audio/pcm", "rate": 24_000},
-                    "transcription": {"model": backend.model, "language": None, "prompt": None},
-                    "turn_detection": {
-                        "type": "server_vad",
-                        "threshold": 0.5,
-                        "prefix_padding_ms": 300,
-                        "silence_duration_ms": 500,
-                    },
-                    "noise_reduction": None,
-                }
-            },
-        }
+        self.config = SessionConfig(id=self.id)
+        self.config.input.transcription.model = backend.model
         self._input = AudioInput("audio/pcm", 24_000)
         self._vad: StreamingVad | None = self._make_vad()
-        self._buffer = np.zeros(0, dtype=np.float32)
-        self._buffer_start = 0  # sample index of the buffer's first sample
-        self._received = 0
-        self._arrivals: deque[tuple[int, float]] = deque()  # (samples received by then, wall clock)
+        self._buffer = InputBuffer()
         self._turn: Turn | None = None
         self._last_item: str | None = None
+        self._committed: dict[str, Any] | None = None  # the last VAD commit, until the client commits
+        self._detection_chosen = False  # the client named a turn_detection: no model default applies
         self._finals: asyncio.Queue[tuple[Turn, npt.NDArray[np.float32], float] | None] = asyncio.Queue()
+        self._pending = 0  # finished turns queued or in their final decode
         self._finals_task = asyncio.create_task(self._finalise_turns())
         self._tokens: set[CancelToken] = set()
         self._overflow_reported = False
@@ -129,49 +137,68 @@ class RealtimeSession:
 
     # ---- the protocol -------------------------------------------------------------------
 
+    def input_bytes_per_second(self) -> int:
+        """Bytes of one second of audio in the session's input format (PCM16: 2 per sample)."""
+        return self._input.bytes_per_second()
+
     async def start(self) -> None:
-        await self._send("session.created", session=self.config)
+        await self._send("session.created", session=self.config.body())
 
     async def handle(self, text: str) -> None:
-        """Act on one client event (a JSON text frame)."""
-        event_id = None
+        """Act on one client event (a JSON text frame); whatever it holds, the session goes on."""
         try:
+            event = parse_event(text)
             try:
-                event = json.loads(text)
-            except ValueError:
-                raise ClientEventError("invalid_json", "the event is not valid JSON") from None
-            if not isinstance(event, dict):
-                raise ClientEventError("invalid_event", "an event is a JSON object with a `type`")
-            event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
-            kind = event.get("type")
-            if kind == "session.update":
-                await self._update(event.get("session"))
-            elif kind == "input_audio_buffer.append":
-                await self._append(event.get("audio"))
-            elif kind == "input_audio_buffer.commit":
+                await self._dispatch(event)
+            except ClientEventError as exc:
+                exc.event_id = event.event_id
+                raise
+        except ClientEventError as exc:
+            self.metrics.stream_events_rejected.labels(rejection_reason(exc.code)).inc()
+            await self.error(exc.code, exc.message, exc.param, exc.event_id)
+        except Exception:
+            # A defect, not the client's fault; the fuzz test (tests/test_streaming_fuzz.py) looks for these.
+            log.exception("stream %s: a client event failed", self.id)
+            await self.error("server_error", "the service failed on this event; the session goes on")
+
+    async def _dispatch(self, event: SessionUpdateEvent | AppendEvent | CommitEvent | ClearEvent) -> None:
+        match event:
+            case SessionUpdateEvent():
+                await self._update(event.session)
+            case AppendEvent():
+                await self._append(event.audio)
+            case CommitEvent():
                 await self._commit_manually()
-            elif kind == "input_audio_buffer.clear":
+            case ClearEvent():
                 self._clear()
                 await self._send("input_audio_buffer.cleared")
-            else:
-                shown = str(kind)[:40] if kind is not None else "none"
-                raise ClientEventError("unknown_event", f"unknown or unsupported event type {shown!r}", "type")
-        except ClientEventError as exc:
-            await self.error(exc.code, exc.message, exc.param, event_id)
 
     async def error(self, code: str, message: str, param: str | None = None, event_id: str | None = None) -> None:
-        kind = "server_error" if code in ("too_many_streams", "shutting_down") else "invalid_request_error"
-        error = {"type": kind, "code": code, "message": message, "param": param, "event_id": event_id}
+        """Send an `error` event; what it echoes of the client's input is bounded."""
+        server = code in ("too_many_streams", "shutting_down", "server_error")
+        kind = "server_error" if server else "invalid_request_error"
+        error = {
+            "type": kind,
+            "code": code,
+            "message": message[:MAX_ECHO],
+            "param": param[:MAX_ECHO] if param else param,
+            "event_id": event_id,
+        }
         await self._send("error", error=error)
 
     async def close(self) -> None:
         """Stop everything the session runs (the client left, or the service is going away)."""
+        self.abort()
+        await asyncio.wait({self._finals_task})
+
+    def abort(self) -> None:
+        """Stop everything the session runs, without waiting for it to stop."""
         self.closed = True
         for token in list(self._tokens):
             token.cancel(CLIENT_DISCONNECTED)
-        await self._finals.put(None)
+        if self._turn is not None and self._turn.partial is not None:
+            self._turn.partial.cancel()
         self._finals_task.cancel()
-        await asyncio.gather(self._finals_task, return_exceptions=True)
 
     async def finish_pending(self, seconds: float) -> None:
         """Wait up to `seconds` for finished turns still being transcribed (draining)."""
@@ -184,94 +211,54 @@ class RealtimeSession:
 
     # ---- session.update -----------------------------------------------------------------
 
-    async def _update(self, session: Any) -> None:
-        if not isinstance(session, dict):
-            raise ClientEventError("invalid_session", "session.update carries a `session` object", "session")
-        if session.get("type", "transcription") != "transcription":
-            raise ClientEventError(
-                "unsupported_session", "only transcription sessions are served (connect with ?intent=transcription)"
-            )
-        current = self.config["audio"]["input"]
-        given = (session.get("audio") or {}).get("input") or {}
-        if not isinstance(given, dict):
-            raise ClientEventError("invalid_session", "session.audio.input must be an object", "session.audio.input")
-        if "format" in given:
-            current["format"] = self._format(given["format"])
-        if "transcription" in given:
-            current["transcription"] = self._transcription(given["transcription"], current["transcription"])
-        if "turn_detection" in given:
-            current["turn_detection"] = self._turn_detection(given["turn_detection"])
+    async def _update(self, update: SessionUpdate) -> None:
+        config = self.config.updated(update, default_detection=not self._detection_chosen)
+        given = update.audio.input if update.audio is not None else None
+        fields = given.model_fields_set if given is not None else set()
+        if "transcription" in fields:
+            try:
+                self.pipeline.check_options(self._options(config.input.transcription))
+            except ModelNotFoundError as exc:
+                raise ClientEventError(exc.code, exc.message, "session.audio.input.transcription.model") from None
+            except ServiceError as exc:
+                raise ClientEventError(
+                    "invalid_transcription", exc.message, "session.audio.input.transcription"
+                ) from None
+        detection_changed = config.input.turn_detection != self.config.input.turn_detection
+        self.config = config
+        self._detection_chosen = self._detection_chosen or "turn_detection" in fields
+        if "format" in fields:
+            if self._buffer.size or self._buffer.received:
+                self._clear()  # a new format starts a new buffer
+            self._input = AudioInput(config.input.format.type, format_rate(config.input.format))
+        if "turn_detection" in fields or detection_changed:
             self._vad = self._make_vad()
-        if "noise_reduction" in given:
-            current["noise_reduction"] = given["noise_reduction"]
-        await self._send("session.updated", session=self.config)
-
-    def _format(self, value: Any) -> dict[str, Any]:
-        kind = value.get("type") if isinstance(value, dict) else None
-        if kind not in FORMATS:
-            raise ClientEventError("unsupported_format", f"audio formats: {', '.join(FORMATS)}", "audio.input.format")
-        rate = value.get("rate", 24_000) if kind == "audio/pcm" else 8_000
-        if kind == "audio/pcm" and rate not in PCM_RATES:
-            raise ClientEventError("unsupported_format", "audio/pcm at 24000 or 16000 Hz", "audio.input.format.rate")
-        if self._buffer.size or self._received:
-            self._clear()  # a new format starts a new buffer
-        self._input = AudioInput(kind, rate)
-        return {"type": kind, **({"rate": rate} if kind == "audio/pcm" else {})}
-
-    def _transcription(self, value: Any, current: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise ClientEventError("invalid_session", "transcription must be an object", "audio.input.transcription")
-        merged = {**current, **{k: value[k] for k in ("model", "language", "prompt") if k in value}}
-        try:
-            self.pipeline.check_options(self._options(merged))
-        except ServiceError as exc:
-            raise ClientEventError("invalid_transcription", exc.message, "audio.input.transcription") from None
-        return merged
-
-    def _turn_detection(self, value: Any) -> dict[str, Any] | None:
-        if value is None:
-            return None
-        if not isinstance(value, dict) or value.get("type") != "server_vad":
-            raise ClientEventError(
-                "unsupported_turn_detection", "turn_detection is server_vad or null", "audio.input.turn_detection"
-            )
-        merged = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}
-        for key, low, high in (
-            ("threshold", 0.0, 1.0),
-            ("prefix_padding_ms", 0, 2000),
-            ("silence_duration_ms", 100, 5000),
-        ):
-            if value.get(key) is not None:
-                number = value[key]
-                if not isinstance(number, int | float) or not low <= number <= high:
-                    raise ClientEventError("invalid_turn_detection", f"{key} is between {low} and {high}", key)
-                merged[key] = number
-        return merged
+        await self._send("session.updated", session=self.config.body())
 
     def _make_vad(self) -> StreamingVad | None:
-        detection = self.config["audio"]["input"]["turn_detection"]
+        detection = self.config.input.turn_detection
         if detection is None:
             return None
         return StreamingVad(
-            detection["threshold"],
-            int(detection["prefix_padding_ms"]),
-            int(detection["silence_duration_ms"]),
+            detection.threshold,
+            detection.prefix_padding_ms,
+            detection.silence_duration_ms,
             self.settings.stream_max_turn_seconds,
         )
 
-    def _options(self, transcription: dict[str, Any], partial: bool = False) -> RequestOptions:
-        language = transcription.get("language")
+    def _options(self, transcription: Transcription, partial: bool = False) -> RequestOptions:
+        language = transcription.language
         return RequestOptions(
-            language=normalize_language(language) if isinstance(language, str) else None,
-            prompt=transcription.get("prompt") if isinstance(transcription.get("prompt"), str) else None,
+            language=normalize_language(language) if language is not None else None,
+            prompt=transcription.prompt,
             beam_size=(self.settings.stream_partial_beam_size or None) if partial else None,
+            # The session's model by id or alias (service.models); turns keep to it.
+            model=transcription.model,
         )
 
     # ---- audio --------------------------------------------------------------------------
 
-    async def _append(self, audio: Any) -> None:
-        if not isinstance(audio, str):
-            raise ClientEventError("invalid_audio", "append carries base64 audio in `audio`", "audio")
+    async def _append(self, audio: str) -> None:
         if len(audio) > self.settings.stream_max_frame_bytes * 4 // 3 + 4:
             raise ClientEventError(
                 "frame_too_large", f"one append may carry at most {self.settings.stream_max_frame_bytes} bytes", "audio"
@@ -285,21 +272,21 @@ class RealtimeSession:
         if samples.size == 0:
             return
         self.metrics.stream_audio.inc(samples.size / RATE)
-        self._buffer = np.concatenate([self._buffer, samples])
-        self._received += samples.size
         now = time.monotonic()
-        self._arrivals.append((self._received, now))
+        self._buffer.append(samples, now)
         if self._vad is not None:
-            for event in await asyncio.to_thread(self._vad.feed, samples):
+            vad = self._vad
+            for event in await asyncio.to_thread(vad.feed, samples):
                 if event.kind == "start":
                     await self._speech_started(event.sample, now)
                 else:
-                    await self._speech_stopped(event.sample)
+                    await self._speech_stopped(event)
             if self._turn is None:
-                self._trim(self._received - RATE)  # keep a second for the next turn's padding
+                # Keep enough for the next turn's padding: its start is found up to a window late.
+                self._buffer.trim(self._buffer.received - max(RATE, vad.prefix + 2 * WINDOW))
         else:
             if self._turn is None:
-                self._turn = self._new_turn(self._buffer_start, now)
+                self._turn = self._new_turn(self._buffer.start, now)
             self._limit_buffer()
         self._maybe_partial()
 
@@ -307,9 +294,9 @@ class RealtimeSession:
         excess = self._buffer.size - int(self.settings.stream_max_buffer_seconds * RATE)
         if excess > 0:
             self.metrics.stream_dropped_audio.labels("buffer_full").inc(excess / RATE)
-            self._trim(self._buffer_start + excess)
+            self._buffer.trim(self._buffer.start + excess)
             if self._turn is not None:
-                self._turn.start = max(self._turn.start, self._buffer_start)
+                self._turn.start = max(self._turn.start, self._buffer.start)
             if not self._overflow_reported:
                 self._overflow_reported = True
                 self._in_background(
@@ -320,92 +307,101 @@ class RealtimeSession:
                     )
                 )
 
-    def _trim(self, before: int) -> None:
-        """Forget audio before sample `before`."""
-        cut = min(max(0, before - self._buffer_start), self._buffer.size)
-        if cut:
-            self._buffer = self._buffer[cut:]
-            self._buffer_start += cut
-        while len(self._arrivals) > 1 and self._arrivals[1][0] <= self._buffer_start:
-            self._arrivals.popleft()
-
     def _new_turn(self, start: int, now: float) -> Turn:
         return Turn(_id("item"), start, now, Stabilizer(self.settings.stream_partial_agreement))
-
-    def _slice(self, start: int, stop: int) -> npt.NDArray[np.float32]:
-        return self._buffer[max(0, start - self._buffer_start) : max(0, stop - self._buffer_start)].copy()
-
-    def _arrived(self, sample: int) -> float:
-        """When the audio up to `sample` had arrived (wall clock)."""
-        for received, at in self._arrivals:
-            if received >= sample:
-                return at
-        return time.monotonic()
 
     def _clear(self) -> None:
         if self._turn is not None and self._turn.partial is not None:
             self._turn.partial.cancel()
         self._turn = None
-        self._buffer = np.zeros(0, dtype=np.float32)
-        self._buffer_start = self._received
-        self._arrivals.clear()
+        self._buffer.clear()
         self._overflow_reported = False
         self._vad = self._make_vad()
 
     # ---- turns --------------------------------------------------------------------------
 
     async def _speech_started(self, sample: int, now: float) -> None:
-        self._turn = self._new_turn(max(sample, self._buffer_start), now)
+        self._turn = self._new_turn(max(sample, self._buffer.start), now)
         await self._send(
             "input_audio_buffer.speech_started", audio_start_ms=sample * 1000 // RATE, item_id=self._turn.item_id
         )
 
-    async def _speech_stopped(self, sample: int) -> None:
+    async def _speech_stopped(self, event: VadEvent) -> None:
         turn = self._turn
         if turn is None:
             return
-        await self._send("input_audio_buffer.speech_stopped", audio_end_ms=sample * 1000 // RATE, item_id=turn.item_id)
-        await self._commit(turn, sample, self._arrived(sample))
+        await self._send(
+            "input_audio_buffer.speech_stopped", audio_end_ms=event.sample * 1000 // RATE, item_id=turn.item_id
+        )
+        # The turn's audio goes on past the speech (event.until), so that a soft ending is not cut.
+        await self._commit(turn, event.until, self._buffer.arrived(event.sample), by_vad=True)
 
     async def _commit_manually(self) -> None:
         turn = self._turn
-        if turn is None or (self._received - turn.start) / RATE < MIN_COMMIT_SECONDS:
+        if turn is None or (self._buffer.received - turn.start) / RATE < MIN_COMMIT_SECONDS:
+            if self._committed is not None:
+                # The VAD committed this turn a moment ago: the client's own commit means the same one.
+                await self._send("input_audio_buffer.committed", **self._committed)
+                self._committed = None
+                return
             raise ClientEventError(
                 "input_audio_buffer_commit_empty", f"the buffer holds less than {MIN_COMMIT_SECONDS * 1000:.0f} ms"
             )
-        await self._commit(turn, self._received, time.monotonic())
+        if self._pending >= self.settings.stream_max_pending_turns:
+            # The audio stays in the buffer: a later commit takes it, once a turn has completed.
+            raise ClientEventError(
+                "too_many_pending_turns",
+                f"{self._pending} turns are waiting for their transcription; commit again once one has completed",
+            )
+        await self._commit(turn, self._buffer.received, time.monotonic())
 
-    async def _commit(self, turn: Turn, stop: int, speech_end: float) -> None:
+    async def _commit(self, turn: Turn, stop: int, speech_end: float, by_vad: bool = False) -> None:
         """The turn is over: answer `committed`, and queue its final transcription."""
         turn.final = True
         if turn.partial is not None:
             turn.partial.cancel()
-        await self._send("input_audio_buffer.committed", item_id=turn.item_id, previous_item_id=self._last_item)
+        committed = {"item_id": turn.item_id, "previous_item_id": self._last_item}
+        await self._send("input_audio_buffer.committed", **committed)
+        self._committed = committed if by_vad else None
         self._last_item = turn.item_id
-        await self._finals.put((turn, self._slice(turn.start, stop), speech_end))
+        audio = self._buffer.slice(turn.start, stop)
         self._turn = None
-        self._trim(stop)
+        self._buffer.trim(stop)
         self._overflow_reported = False
+        if self._pending >= self.settings.stream_max_pending_turns:
+            # Only the VAD gets here (a client's commit is refused before): the turn fails at once.
+            self.metrics.stream_dropped_audio.labels("turns_pending").inc(audio.size / RATE)
+            error = {
+                "type": "server_error",
+                "code": "too_many_pending_turns",
+                "message": f"{self._pending} turns are waiting for their transcription; this one was dropped",
+            }
+            await self._send(
+                "conversation.item.input_audio_transcription.failed", item_id=turn.item_id, content_index=0, error=error
+            )
+            return
+        self._pending += 1
+        await self._finals.put((turn, audio, speech_end))
 
     def _maybe_partial(self) -> None:
         turn = self._turn
+        received = self._buffer.received
         if (
             turn is None
             or not self._partials
             or (turn.partial is not None and not turn.partial.done())
             or (self._vad is not None and not self._vad.speaking)
-            or self._received - max(turn.partial_from, turn.start) < self.settings.stream_partial_seconds * RATE
+            or received - max(turn.partial_from, turn.start) < self.settings.stream_partial_seconds * RATE
         ):
             return
-        turn.partial_from = self._received
-        turn.partial = asyncio.create_task(self._partial(turn, self._slice(turn.start, self._received)))
+        turn.partial_from = received
+        turn.partial = asyncio.create_task(self._partial(turn, self._buffer.slice(turn.start, received)))
 
     async def _partial(self, turn: Turn, audio: npt.NDArray[np.float32]) -> None:
-        transcription = self.config["audio"]["input"]["transcription"]
         token = CancelToken()
         self._tokens.add(token)
         work = Work(
-            self._options(transcription, partial=True),
+            self._options(self.config.input.transcription, partial=True),
             DecodedAudio.from_array(audio),
             priority=Priority.STREAM,
             token=token,
@@ -434,14 +430,16 @@ class RealtimeSession:
         """Transcribe finished turns one after another, so that their answers come in order."""
         while (item := await self._finals.get()) is not None:
             turn, audio, speech_end = item
-            await self._finalise(turn, audio, speech_end)
+            try:
+                await self._finalise(turn, audio, speech_end)
+            finally:
+                self._pending -= 1
 
     async def _finalise(self, turn: Turn, audio: npt.NDArray[np.float32], speech_end: float) -> None:
-        transcription = self.config["audio"]["input"]["transcription"]
         token = CancelToken()
         self._tokens.add(token)
         work = Work(
-            self._options(transcription),
+            self._options(self.config.input.transcription),
             DecodedAudio.from_array(audio),
             token=token,
             admission_wait=self.settings.stream_final_wait_seconds,

@@ -6,6 +6,12 @@ window as it arrives gives the probabilities a whole-file pass would, at a const
 second of audio (no re-reading of the turn). Turns follow the Realtime protocol's server VAD:
 speech starts when a window scores at least `threshold`, and stops after `silence_duration_ms`
 below `threshold - 0.15`; a turn also ends at `max_turn_seconds` (Whisper hears 30 s at a time).
+
+A turn's audio is more than its speech: the prefix padding before it, and after it some of the
+silence that ended it (up to TAIL_SECONDS), as the Realtime API's own commit keeps the audio up
+to the moment the VAD fired. Cut exactly where the VAD's probability fell, a soft last consonant
+is lost: espeak-ng's "They found the lost ship" came back "... the last cube" with tiny.en, and
+"... the last ship" with 200 ms or more of the silence after it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from service.backends.base import SAMPLE_RATE
 
 WINDOW = 512  # samples: 32 ms at 16 kHz
 CONTEXT = 64
+TAIL_SECONDS = 0.5  # of the silence that ended a turn, kept with it
 
 
 @functools.cache
@@ -38,6 +45,7 @@ _model_lock = threading.Lock()
 class VadEvent:
     kind: str  # "start" or "stop"
     sample: int  # where speech starts (padding included) or ends, from the session's first sample
+    until: int = 0  # for a stop: where the turn's audio ends (speech, then some of the silence)
 
 
 class StreamingVad:
@@ -52,6 +60,7 @@ class StreamingVad:
         self.negative = max(0.0, threshold - 0.15)
         self.prefix = prefix_padding_ms * SAMPLE_RATE // 1000
         self.silence = silence_duration_ms * SAMPLE_RATE // 1000
+        self.tail = min(self.silence, int(TAIL_SECONDS * SAMPLE_RATE))
         self.max_turn = int(max_turn_seconds * SAMPLE_RATE)
         self._pending = np.zeros(0, dtype=np.float32)
         self._context = np.zeros(CONTEXT, dtype=np.float32)
@@ -82,19 +91,19 @@ class StreamingVad:
             if p < self.negative:
                 self._quiet_since = start if self._quiet_since is None else self._quiet_since
                 if end - self._quiet_since >= self.silence:
-                    events.append(self._stop(self._quiet_since))
+                    events.append(self._stop(self._quiet_since, self._quiet_since + self.tail))
             else:
                 self._quiet_since = None
             if self.speaking and end - self._turn_start >= self.max_turn:
-                events.append(self._stop(end))
+                events.append(self._stop(end, end))  # mid-speech: the next turn goes on from here
                 self.speaking, self._turn_start = True, end  # speech goes on: a new turn from here
                 events.append(VadEvent("start", end))
         self._position += whole
         return events
 
-    def _stop(self, sample: int) -> VadEvent:
+    def _stop(self, sample: int, until: int) -> VadEvent:
         self.speaking, self._quiet_since = False, None
-        return VadEvent("stop", sample)
+        return VadEvent("stop", sample, until)
 
     def _score(self, chunk: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         # Each window is scored with the 64 samples before it, as in a pass over the whole audio.
