@@ -3,18 +3,27 @@ keywords (faster-whisper's hotwords), through the real server and the official o
 
 from __future__ import annotations
 
+import base64
 import math
 import subprocess
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import openai
 import pytest
+from starlette.testclient import TestClient
+from websockets.exceptions import ConnectionClosed
 
-from service.backends.base import Capabilities, Segment, TokenLogprob, Word
+from service.app import create_app
+from service.backends.base import Capabilities, Segment, TokenLogprob, Transcript, Word
 from service.backends.token_scores import TokenScores, token_bytes
 from service.embedded_model import embedded_model_path
+from service.metrics import Metrics
 from service.resegment import split_by_words
+from service.streaming.events import INCLUDE_LOGPROBS
+from service.streaming.logprobs import word_logprobs
 from tests.conftest import Server, make_settings, running_app
 from tests.fakes import FakeBackend, factory
 
@@ -257,3 +266,94 @@ def test_a_split_chunk_keeps_its_logprobs_once() -> None:
     pieces = split_by_words([segment], keep_words=False)
     assert len(pieces) == 3
     assert [lp for p in pieces for lp in p.logprobs or []] == logprobs
+
+
+# ---- Realtime ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_realtime_include_logprobs_and_keywords(client: openai.OpenAI, rare_name: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "rare.raw"  # 24 kHz PCM16, the Realtime default, with room for the VAD to end the turn
+    subprocess.run(
+        ["sox", str(rare_name), "-r", "24000", "-b", "16", "-t", "raw", "-e", "signed", str(raw), "pad", "0.3", "1.5"],
+        check=True,
+    )
+    pcm = raw.read_bytes()
+    session = {
+        "type": "transcription",
+        "include": [INCLUDE_LOGPROBS],
+        "audio": {"input": {"transcription": {"model": "whisper-1", "language": "en", "keywords": NAMES}}},
+    }
+    events: list[Any] = []
+    with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        conn.session.update(session=session)
+
+        def sender() -> None:
+            for i in range(0, len(pcm), 4800):  # 100 ms frames, in real time: partials while it speaks
+                try:
+                    conn.input_audio_buffer.append(audio=base64.b64encode(pcm[i : i + 4800]).decode())
+                except ConnectionClosed:
+                    return
+                time.sleep(0.1)
+
+        threading.Thread(target=sender, daemon=True).start()
+        for event in conn:
+            assert event.type != "error", event
+            events.append(event)
+            if event.type == "conversation.item.input_audio_transcription.completed":
+                break
+    updated = next(e for e in events if e.type == "session.updated")
+    assert updated.session.include == [INCLUDE_LOGPROBS]
+    completed = events[-1]
+    assert "Vandelholt" in completed.transcript, completed.transcript  # the keywords reached the engine
+    assert completed.logprobs and "".join(lp.token for lp in completed.logprobs).strip() == completed.transcript
+    assert all(math.isfinite(lp.logprob) and lp.logprob <= 0 for lp in completed.logprobs)
+    deltas = [e for e in events if e.type == "conversation.item.input_audio_transcription.delta"]
+    assert deltas
+    for delta in deltas:  # each delta's tokens spell its words
+        assert delta.logprobs is not None, delta
+        assert "".join(lp.token for lp in delta.logprobs).split() == (delta.delta or "").split()
+
+
+def test_realtime_include_refused_by_name(tmp_path: Path) -> None:
+    # The fake engine under the name the registry gives tiny.en, which the session shows as its model.
+    engine = FakeBackend(model="whisper-tiny.en")
+    app = create_app(make_settings(tmp_path), backend_factory=factory(engine), metrics=Metrics())
+    with TestClient(app) as test_client, test_client.websocket_connect("/v1/realtime?intent=transcription") as ws:
+        created = ws.receive_json()
+        assert created["type"] == "session.created" and created["session"]["include"] is None
+        for session, code, param in (
+            ({"include": ["item.input_audio_transcription.tokens"]}, "invalid_include", "session.include"),
+            ({"include": "logprobs"}, "invalid_include", "session.include"),
+            ({"include": [INCLUDE_LOGPROBS]}, "unsupported_feature", "session.include"),  # the fake engine has none
+            (
+                {"audio": {"input": {"transcription": {"keywords": "Zorblax"}}}},
+                "invalid_transcription",
+                "session.audio.input.transcription.keywords",
+            ),
+            (
+                {"audio": {"input": {"transcription": {"keywords": ["Zorblax"]}}}},
+                "invalid_transcription",
+                "session.audio.input.transcription.keywords",
+            ),  # nor keywords
+        ):
+            ws.send_json({"type": "session.update", "session": {"type": "transcription", **session}})
+            answer = ws.receive_json()
+            assert answer["type"] == "error", answer
+            assert (answer["error"]["code"], answer["error"]["param"]) == (code, param), answer
+        ws.send_json({"type": "session.update", "session": {"type": "transcription", "include": []}})
+        assert ws.receive_json()["session"]["include"] is None
+
+
+def test_delta_logprobs_are_the_tokens_of_the_delta_words() -> None:
+    tokens = [" Mrs", ".", " Mand", "el", "hold", ".", " \ufffd", "\ufffd"]
+    logprobs = [TokenLogprob(t, t.encode(), -0.5) for t in tokens]
+    text = "Mrs. Mandelhold. \ufffd\ufffd"
+    transcript = Transcript(text, "en", 1.0, 3.0, [Segment(0, 0.0, 3.0, text, logprobs=logprobs)])
+    spelt = word_logprobs(transcript, 1, 2)
+    assert spelt is not None and [lp["token"] for lp in spelt] == [" Mand", "el", "hold", "."]
+    assert spelt[0]["bytes"] == list(b" Mand")
+    last = word_logprobs(transcript, 2, 3)
+    assert last is not None and len(last) == 2  # a character whose bytes span two tokens is one word
+    other = Transcript("Mrs. Mandel hold.", "en", 1.0, 3.0, transcript.segments)
+    assert word_logprobs(other, 0, 1) is None  # tokens that do not spell the text's words: none rather than wrong
