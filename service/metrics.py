@@ -86,6 +86,10 @@ WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
 # A job from submission to its end: a minute to several hours.
 JOB_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0)
 SKIP_REASONS = ("missing_audio", "damaged_audio", "missing_record")
+# Diarization of one request or job window: a fraction of a second to minutes for hours of audio.
+DIARIZATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+SPEAKER_COUNT_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 16, 32)
+KNOWN_SPEAKER_OUTCOMES = ("matched", "unmatched")
 UNMATCHED_ROUTE = "<unmatched>"
 
 _MODEL_LABELS = ("backend", "model")
@@ -355,6 +359,29 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.diarization_duration = Histogram(
+            "asr_diarization_duration_seconds",
+            "Time spent finding who spoke (VAD, speaker embeddings, clustering) per diarized request or job window.",
+            buckets=DIARIZATION_BUCKETS,
+            registry=r,
+        )
+        self.diarization_audio = Counter(
+            "asr_diarization_audio_seconds",
+            "Audio seconds diarized (with asr_diarization_duration_seconds_sum: the real-time factor it adds).",
+            registry=r,
+        )
+        self.diarization_speakers = Histogram(
+            "asr_diarization_speakers",
+            "Speakers found per diarized request or job window.",
+            buckets=SPEAKER_COUNT_BUCKETS,
+            registry=r,
+        )
+        self.known_speakers = Counter(
+            "asr_known_speaker_matches",
+            "Known-speaker references by outcome: matched (a voice in the audio took its name) or unmatched.",
+            ["outcome"],
+            registry=r,
+        )
         self.quality_samples = Counter(
             "asr_quality_samples",
             "Requests kept for quality review.",
@@ -452,6 +479,8 @@ class Metrics:
             self.quality_skipped.labels(reason)
         for outcome in WEBHOOK_OUTCOMES:
             self.webhook_deliveries.labels(outcome)
+        for outcome in KNOWN_SPEAKER_OUTCOMES:
+            self.known_speakers.labels(outcome)
         self.stream_dropped_audio.labels("buffer_full")
         if not self.multiprocess:
             ProcessCollector(registry=self.registry)

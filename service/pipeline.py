@@ -7,6 +7,8 @@
   decode     on the bounded decode pool (400/413/415/422/507);
   schedule   on a worker, by priority, with a time limit (504) and the caller's cancel token
              (499 when the client hung up, 503 when the service drains);
+  speakers   when asked: who spoke (service.speakers), on the same worker within the same time
+             limit, its turns merged into the segments and words;
   observe    hallucination guard, metrics, warnings.
 Callers build a `Work` and differ only in what they fill in; sampling for the quality loop
 happens after the answer has gone out (`keep_sample`).
@@ -25,6 +27,7 @@ Callers get verbs, never the parts behind them (engine, scheduler, decode pool, 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -33,7 +36,8 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 from service import audio_health
 from service.backends.base import Backend, Cancelled, Capabilities, Segment, TranscribeOptions, Transcript
 from service.cancellation import CancelToken
-from service.errors import BackendError, BadRequestError, ServiceError, UnsupportedFeatureError, shown
+from service.decoding import EncodedAudio
+from service.errors import BackendError, BadRequestError, ModelLoadError, ServiceError, UnsupportedFeatureError, shown
 from service.formats import MIN_RTF_AUDIO_SECONDS, Result
 from service.gpu import is_out_of_memory
 from service.languages import language_label
@@ -42,26 +46,35 @@ from service.outcome import Outcome
 from service.quality import hallucination
 from service.resegment import split_by_words
 from service.scheduler import Preempted, Priority
+from service.speakers.attribution import attribute
+from service.speakers.base import DiarizeOptions, KnownVoice, VadParams
 from service.windowing import transcribe_windowed
 
 if TYPE_CHECKING:
     import threading
     from collections.abc import Callable
 
+    import numpy as np
+    import numpy.typing as npt
+
     from service.audio import DecodedAudio
     from service.audio_health import AudioHealth
     from service.config import Settings
-    from service.decoding import AudioSource, DecodePool, EncodedAudio
+    from service.decoding import AudioSource, DecodePool
     from service.engine import BackendFactory, Engine
     from service.lifecycle import Lifecycle
     from service.metrics import Metrics
     from service.quality.sampler import Sampler
     from service.quality.store import SampleStore
     from service.scheduler import Scheduler
+    from service.speakers.base import Diarization, KnownSpeaker
+    from service.speakers.engine import SpeakerEngine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DETECTION_SECONDS = 30.0  # Whisper decides the language from one 30 s window
+# A known speaker's reference clip, as OpenAI accepts them.
+REFERENCE_SECONDS = (2.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,13 @@ class RequestOptions:
     fine_segments: bool = False
     # Beam width (None: ASR_BEAM_SIZE); live partial hypotheses may use a narrower one (ASR_STREAM_PARTIAL_BEAM_SIZE).
     beam_size: int | None = None
+    # Who spoke (service.speakers), found after decoding: bounds on the count, voices to name from
+    # reference clips, and how speech is found for it (OpenAI's chunking_strategy; None: defaults).
+    diarize: bool = False
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+    known_speakers: tuple[KnownSpeaker, ...] = ()
+    speaker_vad: VadParams | None = None
 
 
 @dataclass
@@ -121,6 +141,7 @@ class Pipeline:
         decoder: DecodePool,
         lifecycle: Lifecycle,
         sampler: Sampler,
+        speakers: SpeakerEngine,
     ) -> None:
         self.settings = settings
         self._metrics = metrics
@@ -129,6 +150,7 @@ class Pipeline:
         self._decoder = decoder
         self._lifecycle = lifecycle
         self._sampler = sampler
+        self._speakers = speakers
         self._load: asyncio.Task[None] | None = None
 
     # ---- start and stop -----------------------------------------------------------------
@@ -153,6 +175,7 @@ class Pipeline:
         if self._load is not None:
             await self._load
         await asyncio.to_thread(self._engine.close)
+        await asyncio.to_thread(self._speakers.close)
 
     # ---- what is served -------------------------------------------------------------------
 
@@ -215,6 +238,8 @@ class Pipeline:
         for feature, (asked, offered) in wanted.items():
             if asked and not offered:
                 raise UnsupportedFeatureError(f"{feature} is not supported by {backend.name} model {backend.model}")
+        if request.diarize:
+            self._check_speakers(request)
         vad = self.settings.decode.vad_filter_default if request.vad_filter is None else request.vad_filter
         return TranscribeOptions(
             language=request.language,
@@ -225,6 +250,13 @@ class Pipeline:
             temperature=request.temperature,
             beam_size=request.beam_size,
         )
+
+    def _check_speakers(self, request: RequestOptions) -> None:
+        self._speakers.check()
+        cap = self.settings.diarization.max_speakers
+        for name, value in (("min_speakers", request.min_speakers), ("max_speakers", request.max_speakers)):
+            if value is not None and value > cap:
+                raise BadRequestError(f"{name} may be at most {cap} (ASR_DIARIZATION_MAX_SPEAKERS)", param=name)
 
     def batching(self, backend: Backend, duration: float) -> bool:
         """Whether to decode `duration` seconds batched (ASR_BATCHING, ASR_BATCH_MIN_SECONDS)."""
@@ -238,10 +270,12 @@ class Pipeline:
     ) -> TranscribeOptions:
         """The options once the audio's length is known: batched or not, and the word timings
         that subtitle-sized segments need from batched decoding. Streamed answers are not
-        batched: a batch hands its segments over only when all of its chunks are done."""
-        batched = self.batching(backend, duration) and work.on_segment is None
+        batched: a batch hands its segments over only when all of its chunks are done (unless they
+        wait for their speakers anyway). Speakers are given to words, so diarized work asks for them."""
+        diarize = work.options.diarize
+        batched = self.batching(backend, duration) and (work.on_segment is None or diarize)
         fine = work.options.fine_segments and backend.capabilities.word_timestamps
-        words = options.word_timestamps or (batched and fine)
+        words = options.word_timestamps or (batched and fine) or (diarize and backend.capabilities.word_timestamps)
         return replace(options, batched=batched, word_timestamps=words)
 
     def timeout_for(self, duration: float) -> float:
@@ -282,8 +316,9 @@ class Pipeline:
                     return await self._detect(backend, work)
                 audio = await self._decoder.decode(work.source, work.token)
                 try:
+                    references = await self._references(work) if work.options.known_speakers else []
                     options = self._for_audio(backend, options, work, audio.duration)
-                    transcript, seconds = await self._schedule(backend, audio, options, work)
+                    transcript, seconds, diarization = await self._schedule(backend, audio, options, work, references)
                     flags, health = await asyncio.to_thread(_inspect, transcript, audio)
                 except BaseException:
                     audio.close()
@@ -296,25 +331,39 @@ class Pipeline:
                     interactive = work.priority == Priority.INTERACTIVE
                     self._observe(backend, result, flags, time.perf_counter() - admitted if interactive else None)
                     self._observe_input(backend, audio, health)
-                return Outcome(result, audio, flags)
+                return Outcome(result, audio, flags, diarization)
         finally:
             if ticket is not None:
                 ticket.release()
 
     async def _schedule(
-        self, backend: Backend, audio: DecodedAudio, options: TranscribeOptions, work: Work
-    ) -> tuple[Transcript, float]:
+        self,
+        backend: Backend,
+        audio: DecodedAudio,
+        options: TranscribeOptions,
+        work: Work,
+        references: list[tuple[str, npt.NDArray[np.float32]]],
+    ) -> tuple[Transcript, float, Diarization | None]:
         window = self.settings.decode.long_audio_window_seconds
-
+        diarize = work.options.diarize
         resplit = options.batched and work.options.fine_segments
+        # Diarized segments are handed over once their speakers are known.
+        on_segment = None if diarize else work.on_segment
 
-        def job(cancel: threading.Event) -> tuple[Transcript, float]:
+        def job(cancel: threading.Event) -> tuple[Transcript, float, Diarization | None]:
             started = time.perf_counter()
-            transcript = transcribe_windowed(backend, audio, options, window, cancel, work.on_segment)
+            transcript = transcribe_windowed(backend, audio, options, window, cancel, on_segment)
             if resplit:
-                segments = split_by_words(transcript.segments, keep_words=work.options.word_timestamps)
-                transcript = replace(transcript, segments=segments)
-            return transcript, time.perf_counter() - started
+                keep = work.options.word_timestamps or diarize
+                transcript = replace(transcript, segments=split_by_words(transcript.segments, keep_words=keep))
+            seconds = time.perf_counter() - started
+            if not diarize:
+                return transcript, seconds, None
+            transcript, diarization = self._who_spoke(audio, transcript, work.options, references, cancel)
+            if work.on_segment is not None:
+                for segment in transcript.segments:
+                    work.on_segment(segment)
+            return transcript, seconds, diarization
 
         try:
             return await self._scheduler.run(
@@ -324,8 +373,63 @@ class Pipeline:
             raise
         except Cancelled:
             raise BackendError("the engine stopped before it finished") from None
+        except ModelLoadError as exc:
+            log.error("speaker diarizer failed to load: %s", exc)
+            raise BackendError("the speaker diarizer failed to load; the service log says why") from exc
         except Exception as exc:
             raise self._backend_failure(exc) from exc
+
+    # ---- speakers -----------------------------------------------------------------------
+
+    async def _references(self, work: Work) -> list[tuple[str, npt.NDArray[np.float32]]]:
+        """The known speakers' reference clips, decoded; raises BadRequestError (422, naming the
+        field) for one that is not audio, or shorter or longer than REFERENCE_SECONDS allow."""
+        shortest, longest = REFERENCE_SECONDS
+        out = []
+        for i, known in enumerate(work.options.known_speakers):
+            where = f"known_speaker_references[{i}] ({shown(known.name)})"
+            try:
+                clip = await self._decoder.decode(EncodedAudio(io.BytesIO(known.audio)), work.token)
+            except ServiceError as exc:
+                if exc.status in (499, 503, 504):  # the request ended: not the reference's fault
+                    raise
+                raise BadRequestError(f"{where}: {exc.message}", param="known_speaker_references") from None
+            try:
+                if not shortest <= clip.duration <= longest:
+                    raise BadRequestError(
+                        f"{where} lasts {clip.duration:.1f} s; a reference must last {shortest:g} to {longest:g} s",
+                        param="known_speaker_references",
+                    )
+                out.append((known.name, clip.read().copy()))
+            finally:
+                clip.close()
+        return out
+
+    def _who_spoke(
+        self,
+        audio: DecodedAudio,
+        transcript: Transcript,
+        request: RequestOptions,
+        references: list[tuple[str, npt.NDArray[np.float32]]],
+        cancel: threading.Event,
+    ) -> tuple[Transcript, Diarization]:
+        """Diarize `audio` (in the worker thread) and give its segments and words their speakers."""
+        started = time.perf_counter()
+        diarizer = self._speakers.diarizer()
+        known = tuple(KnownVoice(name, diarizer.voice_print(samples)) for name, samples in references)
+        options = DiarizeOptions(request.min_speakers, request.max_speakers, known, request.speaker_vad or VadParams())
+        diarization = diarizer.diarize(audio, options, cancel)
+        segments = attribute(transcript.segments, diarization.turns)
+        if not request.word_timestamps:  # asked for only to place the speakers
+            segments = [replace(s, words=None) for s in segments]
+        m = self._metrics
+        m.diarization_duration.observe(time.perf_counter() - started)
+        m.diarization_audio.inc(audio.duration)
+        m.diarization_speakers.observe(len(diarization.speakers))
+        named = sum(1 for s in diarization.speakers if s.known)
+        m.known_speakers.labels("matched").inc(named)
+        m.known_speakers.labels("unmatched").inc(len(known) - named)
+        return replace(transcript, segments=segments), diarization
 
     async def _detect(self, backend: Backend, work: Work) -> Outcome:
         """Language detection on the first 30 s: decode them, ask the engine, count nothing as served."""
@@ -428,6 +532,7 @@ def build_pipeline(
     from service.lifecycle import Lifecycle
     from service.quality.sampler import Sampler
     from service.scheduler import Scheduler
+    from service.speakers.engine import SpeakerEngine
 
     return Pipeline(
         settings,
@@ -442,6 +547,7 @@ def build_pipeline(
         ),
         lifecycle or Lifecycle(settings.server.shutdown_grace_seconds),
         Sampler(settings.quality, store, metrics),
+        SpeakerEngine(settings),
     )
 
 
