@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from service.api import sse
-from service.api.common import UPLOAD_ERRORS, documented, form_openapi, respond
+from service.api.common import UPLOAD_ERRORS, describe_validation_error, documented, form_openapi, respond
 from service.api.deps import ApiKeyDep, MetricsDep, PipelineDep, SettingsDep
 from service.api.schemas import (
     ModelCard,
@@ -100,6 +100,19 @@ class TranscriptionForm(TranslationForm):
                 with contextlib.suppress(ValueError):
                     values = {**values, "chunking_strategy": json.loads(given)}
         return values
+
+    @field_validator("chunking_strategy", mode="before")
+    @classmethod
+    def chunking(cls, value: object) -> object:
+        # Checked here so that any mistake in it is one error naming the field (not the union's arms).
+        if value is None or value == "auto" or isinstance(value, ServerVadChunking):
+            return value
+        if isinstance(value, dict):
+            try:
+                return ServerVadChunking.model_validate(value)
+            except ValidationError as exc:
+                raise ValueError(f"a server_vad object: {describe_validation_error(exc)}") from None
+        raise ValueError("chunking_strategy is `auto` or an object {type: server_vad, ...}")
 
     @field_validator("timestamp_granularities", "known_speaker_names", "known_speaker_references", mode="before")
     @classmethod
