@@ -224,11 +224,11 @@ def performance() -> dict[str, Any]:
         ),
         8,
     )
-    per_request = f"sum({rate('asr_diarization_speakers_sum')}) / sum({rate('asr_diarization_speakers_count')})"
+    speakers = f"sum({rate('asr_diarization_speakers_sum')}) / sum({rate('asr_diarization_speakers_count')})"
     lay.add(
         timeseries(
             "Speakers per diarized request",
-            [(per_request, "mean speakers"), (quantile(0.95, "asr_diarization_speakers"), "p95")],
+            [(speakers, "mean speakers"), (quantile(0.95, "asr_diarization_speakers"), "p95")],
             "none",
         ),
         8,
