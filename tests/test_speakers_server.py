@@ -9,11 +9,13 @@ import base64
 import os
 import random
 import signal
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from openai.types.audio import TranscriptionDiarized, TranscriptionTextDoneEvent, TranscriptionTextSegmentEvent
@@ -261,3 +263,38 @@ def test_a_diarized_job_killed_and_resumed_keeps_its_speakers(bank: VoiceBank, t
     after = {label for start, _, label in segments if start > done_before + 1}
     assert before & after, "no voice was heard both before the kill and after the resume"
     assert any(line[:3] in ("A: ", "B: ", "C: ") for line in srt.splitlines())
+
+
+def test_a_realtime_session_that_asks_gets_each_turns_speaker(server: Server, bank: VoiceBank) -> None:
+    first, second = "en+f2", "en+iven"
+    order = [first, second, first, second]
+    rng = random.Random(5)
+    quiet = np.zeros(int(1.2 * SAMPLE_RATE), dtype=np.float32)
+    audio = np.concatenate([quiet, *[np.concatenate([bank.turn(v, rng, 3.5), quiet]) for v in order]])
+    at_24k = np.interp(np.arange(0, len(audio), SAMPLE_RATE / 24_000), np.arange(len(audio)), audio)
+    pcm = (np.clip(at_24k, -1, 1) * 32767).astype("<i2").tobytes()
+    session = {
+        "type": "transcription",
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcm", "rate": 24000},
+                "transcription": {"model": "whisper-1", "language": "en", "speakers": True},
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
+            }
+        },
+    }
+    speakers: list[str] = []
+    with _client(server).realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        watchdog = threading.Timer(120, conn.close)  # turns that never complete end the loop below
+        watchdog.start()
+        conn.session.update(session=session)
+        for i in range(0, len(pcm), 4800):
+            conn.input_audio_buffer.append(audio=base64.b64encode(pcm[i : i + 4800]).decode())
+        for event in conn:
+            assert event.type != "error", event
+            if event.type == "conversation.item.input_audio_transcription.completed":
+                speakers.append(getattr(event, "speaker", None) or (event.model_extra or {}).get("speaker"))
+                if len(speakers) == len(order):
+                    break
+        watchdog.cancel()
+    assert speakers == ["A", "B", "A", "B"]

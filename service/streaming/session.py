@@ -5,7 +5,9 @@ Server events: `session.created` / `session.updated`, `input_audio_buffer.speech
 `speech_stopped` / `committed` / `cleared`, `conversation.item.input_audio_transcription.delta`
 (partial text while the speaker talks, only words two consecutive hypotheses agree on, never taken
 back), `.completed` (the turn's final text, with usage; SenseVoice adds its emotion and events) or
-`.failed`, and `error` for anything the client got wrong (the session goes on).
+`.failed`, and `error` for anything the client got wrong (the session goes on). Ours: with
+`audio.input.transcription.speakers: true`, each `.completed` turn has a `speaker` (A, B, ...): its
+main voice, matched against the voices heard so far in the session.
 
 Turns come from server VAD (Silero, service.streaming.vad) or, with `turn_detection: null`, from
 the client's commits. Every decode goes through Pipeline.transcribe: partial hypotheses at STREAM
@@ -36,6 +38,7 @@ from service.errors import ServiceError
 from service.languages import normalize_language
 from service.pipeline import RequestOptions, Work
 from service.scheduler import Preempted, Priority
+from service.speakers.linking import Roster, Voice
 from service.streaming.audio_in import PCM_RATES, AudioInput, BadAudioError
 from service.streaming.stabilizer import Stabilizer
 from service.streaming.vad import StreamingVad
@@ -125,6 +128,7 @@ class RealtimeSession:
         self._tokens: set[CancelToken] = set()
         self._overflow_reported = False
         self._background: set[asyncio.Task[Any]] = set()
+        self._voices: Roster | None = None  # the speakers heard so far, with transcription.speakers
         self.closed = False
 
     # ---- the protocol -------------------------------------------------------------------
@@ -221,7 +225,9 @@ class RealtimeSession:
     def _transcription(self, value: Any, current: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise ClientEventError("invalid_session", "transcription must be an object", "audio.input.transcription")
-        merged = {**current, **{k: value[k] for k in ("model", "language", "prompt") if k in value}}
+        merged = {**current, **{k: value[k] for k in ("model", "language", "prompt", "speakers") if k in value}}
+        if not isinstance(merged.get("speakers", False), bool):
+            raise ClientEventError("invalid_transcription", "speakers is true or false", "audio.input.transcription")
         try:
             self.pipeline.check_options(self._options(merged))
         except ServiceError as exc:
@@ -265,6 +271,8 @@ class RealtimeSession:
             language=normalize_language(language) if isinstance(language, str) else None,
             prompt=transcription.get("prompt") if isinstance(transcription.get("prompt"), str) else None,
             beam_size=(self.settings.stream_partial_beam_size or None) if partial else None,
+            # Ours: who spoke each completed turn (`transcription.speakers: true`); partials never.
+            diarize=bool(transcription.get("speakers")) and not partial,
         )
 
     # ---- audio --------------------------------------------------------------------------
@@ -471,9 +479,20 @@ class RealtimeSession:
             transcript=transcript.text,
             usage={"type": "duration", "seconds": round(transcript.duration, 3)},
             **_extras(outcome),
+            **self._speaker_of(outcome),
         )
         self.metrics.stream_finalisation.observe(time.monotonic() - speech_end)
         self._in_background(self.pipeline.keep_sample(outcome, turn.item_id))
+
+    def _speaker_of(self, outcome: Outcome) -> dict[str, Any]:
+        """`speaker`: the turn's main voice, matched against the voices this session heard so far."""
+        diarization = outcome.diarization
+        if diarization is None or not diarization.speakers:
+            return {}
+        if self._voices is None:
+            self._voices = Roster(self.pipeline.settings.diarization.match_threshold)
+        main = max(diarization.speakers, key=lambda s: s.seconds)
+        return {"speaker": self._voices.add([Voice(main.label, main.embedding, main.seconds)])[main.label]}
 
     def _in_background(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
