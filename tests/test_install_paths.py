@@ -415,6 +415,21 @@ def test_a_job_runs_to_its_result(install: Install, server: Server, speech_dir: 
     _assert_words(result.json()["text"], f"{install.name} job")
 
 
+def test_speakers_without_their_extra_are_a_422_naming_it(install: Install, server: Server, speech_dir: Path) -> None:
+    # Neither shipped install holds the `diarization` extra: asking for speakers says what to install.
+    clip = speech_dir / f"{CLIP}.wav"
+    asks = [
+        ("/transcribe", {"diarize": "true"}),
+        ("/v1/audio/transcriptions", {"model": "gpt-4o-transcribe-diarize", "response_format": "diarized_json"}),
+    ]
+    for route, data in asks:
+        r = httpx.post(server.url + route, files={"file": (clip.name, clip.read_bytes())}, data=data, timeout=60)
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["code"] == "unsupported_feature", error
+        assert "pip install 'asr-service[diarization]'" in error["message"], error
+
+
 # ---- the core install alone: every module, and the extras it lacks -------------------------------
 
 

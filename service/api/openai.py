@@ -45,14 +45,11 @@ router = APIRouter(prefix="/v1")
 _STARTED = int(time.time())
 # The model name every OpenAI client sends by default; it means "the model served here".
 OPENAI_DEFAULT_MODEL = "whisper-1"
-# OpenAI's model names and what serves each here: the one place that maps them (a registry of
-# several engines takes it over). Any other name is served too, and logged once.
+# OpenAI model names that mean more than "the served model", and what serves them here: the one
+# place that maps them (a registry of several engines will take it over). Every name is served.
 OPENAI_MODELS = {
-    OPENAI_DEFAULT_MODEL: "the served model",
-    "gpt-4o-transcribe": "the served model",
-    "gpt-4o-mini-transcribe": "the served model",
-    # Speakers come with response_format=diarized_json, from the served model and the diarizer.
-    "gpt-4o-transcribe-diarize": "the served model, with the speaker diarizer",
+    # Its speakers come with response_format=diarized_json: the served model, then the diarizer.
+    "gpt-4o-transcribe-diarize": "with the speaker diarizer for diarized_json",
 }
 
 
@@ -137,13 +134,15 @@ def _nested_key(key: str) -> bool:
 
 def _check_model(request: Request, pipeline: Pipeline, form: TranslationForm) -> None:
     served = pipeline.model().model
-    if form.model != served and form.model not in OPENAI_MODELS:
+    if form.model not in (served, OPENAI_DEFAULT_MODEL):
         # OpenAI-compatible servers answer any model name with the model they serve (clients
         # hard-code names such as gpt-4o-transcribe); say so once per name, not per request.
         seen: set[str] = request.app.state.model_aliases_seen
         if form.model not in seen and len(seen) < 100:
             seen.add(form.model)
-            log.info("model %s requested: served by %s", shown(form.model), served)
+            log.info(
+                "model %s requested: served by %s %s", shown(form.model), served, OPENAI_MODELS.get(form.model, "")
+            )
 
 
 async def _respond(
