@@ -46,8 +46,6 @@ from service.outcome import Outcome
 from service.quality import hallucination
 from service.resegment import split_by_words
 from service.scheduler import Preempted, Priority
-from service.speakers.attribution import attribute
-from service.speakers.base import DiarizeOptions, KnownVoice, VadParams
 from service.windowing import transcribe_windowed
 
 if TYPE_CHECKING:
@@ -67,7 +65,7 @@ if TYPE_CHECKING:
     from service.quality.sampler import Sampler
     from service.quality.store import SampleStore
     from service.scheduler import Scheduler
-    from service.speakers.base import Diarization, KnownSpeaker
+    from service.speakers.base import Diarization, KnownSpeaker, VadParams
     from service.speakers.engine import SpeakerEngine
 
 log = logging.getLogger(__name__)
@@ -414,21 +412,12 @@ class Pipeline:
         cancel: threading.Event,
     ) -> tuple[Transcript, Diarization]:
         """Diarize `audio` (in the worker thread) and give its segments and words their speakers."""
-        started = time.perf_counter()
-        diarizer = self._speakers.diarizer()
-        known = tuple(KnownVoice(name, diarizer.voice_print(samples)) for name, samples in references)
-        options = DiarizeOptions(request.min_speakers, request.max_speakers, known, request.speaker_vad or VadParams())
-        diarization = diarizer.diarize(audio, options, cancel)
-        segments = attribute(transcript.segments, diarization.turns)
+        bounds = (request.min_speakers, request.max_speakers)
+        segments, diarization = self._speakers.who_spoke(
+            audio, transcript.segments, references, bounds, request.speaker_vad, cancel
+        )
         if not request.word_timestamps:  # asked for only to place the speakers
             segments = [replace(s, words=None) for s in segments]
-        m = self._metrics
-        m.diarization_duration.observe(time.perf_counter() - started)
-        m.diarization_audio.inc(audio.duration)
-        m.diarization_speakers.observe(len(diarization.speakers))
-        named = sum(1 for s in diarization.speakers if s.known)
-        m.known_speakers.labels("matched").inc(named)
-        m.known_speakers.labels("unmatched").inc(len(known) - named)
         return replace(transcript, segments=segments), diarization
 
     async def _detect(self, backend: Backend, work: Work) -> Outcome:
@@ -547,7 +536,7 @@ def build_pipeline(
         ),
         lifecycle or Lifecycle(settings.server.shutdown_grace_seconds),
         Sampler(settings.quality, store, metrics),
-        SpeakerEngine(settings),
+        SpeakerEngine(settings, metrics),
     )
 
 
