@@ -71,6 +71,8 @@ class Word:
     end: float
     word: str
     probability: float
+    # Who said it, when the request asked for speakers (service.speakers.attribution).
+    speaker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class Segment:
     emotion: str | None = None
     events: list[str] = field(default_factory=list)
     language: str | None = None
+    # Who said it (A, B, ... or a known speaker's name), when the request asked for speakers.
+    speaker: str | None = None
 
 
 @dataclass

@@ -19,7 +19,16 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 from pydantic_core import PydanticCustomError
 
 from service.streaming.audio_in import PCM_RATES
@@ -111,6 +120,16 @@ class Transcription(_Model):
     prompt: str | None = Field(None, max_length=MAX_PROMPT)
     # Checked against ASR_MAX_KEYWORDS / ASR_MAX_KEYWORD_CHARS by the pipeline, as over HTTP.
     keywords: list[str] | None = None
+    # Ours: each completed turn names its speaker (A, B, ...), matched across the session's turns.
+    speakers: bool | None = None
+
+    @model_serializer(mode="wrap")
+    def _shown(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # OpenAI's fields as they are; ours only when the client set it.
+        body: dict[str, Any] = handler(self)
+        if body.get("speakers") is None:
+            body.pop("speakers", None)
+        return body
 
 
 class ServerVad(_Model):

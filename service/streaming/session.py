@@ -10,7 +10,9 @@ words two consecutive hypotheses agree on, never taken back), `.completed` (the 
 with usage; SenseVoice adds its emotion and events) or `.failed`, and `error` for anything the
 client got wrong (the session goes on). With the session's `include` of
 item.input_audio_transcription.logprobs, deltas and `completed` carry their tokens' `logprobs`
-(service.streaming.logprobs); `transcription.keywords` steer every decode.
+(service.streaming.logprobs); `transcription.keywords` steer every decode. Ours: with
+`audio.input.transcription.speakers: true`, each `.completed` turn has a `speaker` (A, B, ...): its
+main voice, matched against the voices heard so far in the session.
 
 Turns come from server VAD (Silero, service.streaming.vad; `semantic_vad` is served by it too,
 with a silence length from its eagerness) or, with `turn_detection: null`, from the client's
@@ -44,6 +46,7 @@ from service.errors import ModelNotFoundError, ServiceError
 from service.languages import normalize_language
 from service.pipeline import RequestOptions, Work
 from service.scheduler import Preempted, Priority
+from service.speakers.linking import Roster, Voice
 from service.streaming.audio_in import AudioInput, BadAudioError
 from service.streaming.buffer import InputBuffer
 from service.streaming.events import (
@@ -122,7 +125,7 @@ class RealtimeSession:
         backend = pipeline.model()
         self._partials = backend.capabilities.partials
         self.config = SessionConfig(id=self.id)
-        self.config.input.transcription.model = backend.model
+        self.config.input.transcription.model = pipeline.resolve_model(None)  # the default entry's id
         self._input = AudioInput("audio/pcm", 24_000)
         self._vad: StreamingVad | None = self._make_vad()
         self._buffer = InputBuffer()
@@ -136,6 +139,7 @@ class RealtimeSession:
         self._tokens: set[CancelToken] = set()
         self._overflow_reported = False
         self._background: set[asyncio.Task[Any]] = set()
+        self._voices: Roster | None = None  # the speakers heard so far, with transcription.speakers
         self.closed = False
 
     # ---- the protocol -------------------------------------------------------------------
@@ -261,6 +265,8 @@ class RealtimeSession:
             model=transcription.model,
             keywords=tuple(transcription.keywords or ()),
             logprobs=bool(config.include),
+            # Ours: who spoke each completed turn (`transcription.speakers: true`); partials never.
+            diarize=bool(transcription.speakers) and not partial,
         )
 
     # ---- audio --------------------------------------------------------------------------
@@ -488,6 +494,7 @@ class RealtimeSession:
             usage={"type": "duration", "seconds": round(transcript.duration, 3)},
             **({"logprobs": all_logprobs(transcript)} if self.config.include else {}),
             **_extras(outcome),
+            **self._speaker_of(outcome),
         )
         self.metrics.stream_finalisation.observe(time.monotonic() - speech_end)
         self._in_background(self.pipeline.keep_sample(outcome, turn.item_id))
@@ -495,6 +502,16 @@ class RealtimeSession:
     def _delta_logprobs(self, transcript: Transcript, first: int, stop: int) -> dict[str, Any]:
         """A delta's `logprobs` (the tokens of its words, `first` to `stop`) when the session includes them."""
         return {"logprobs": word_logprobs(transcript, first, stop)} if self.config.include else {}
+
+    def _speaker_of(self, outcome: Outcome) -> dict[str, Any]:
+        """`speaker`: the turn's main voice, matched against the voices this session heard so far."""
+        diarization = outcome.diarization
+        if diarization is None or not diarization.speakers:
+            return {}
+        if self._voices is None:
+            self._voices = Roster(self.pipeline.settings.diarization.match_threshold)
+        main = max(diarization.speakers, key=lambda s: s.seconds)
+        return {"speaker": self._voices.add([Voice(main.label, main.embedding, main.seconds)])[main.label]}
 
     def _in_background(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
