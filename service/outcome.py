@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from service.audio import DecodedAudio
     from service.formats import Result
+    from service.speakers.base import Diarization
 
 
 @dataclass
@@ -21,3 +22,5 @@ class Outcome:
     result: Result
     audio: DecodedAudio
     flags: list[str]  # the hallucination guard's findings (service.quality.hallucination)
+    # Who spoke, when the request asked (its speakers' voice prints link a job's windows).
+    diarization: Diarization | None = None

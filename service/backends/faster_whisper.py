@@ -20,6 +20,7 @@ from service.backends.base import (
     Transcript,
     Word,
 )
+from service.backends.token_scores import AlignmentRecorder, TokenScores, token_logprobs
 from service.backends.whisper_batch import (
     CONTEXT_TOKENS,
     DRAFT_TOKENS_PER_SECOND,
@@ -29,7 +30,7 @@ from service.backends.whisper_batch import (
     draft_frames,
 )
 from service.embedded_model import embedded_model_path, is_embedded
-from service.errors import ModelLoadError
+from service.errors import BadRequestError, ModelLoadError
 from service.hardware import cpu_threads, resolve_compute_type, resolve_device, worker_count
 
 if TYPE_CHECKING:
@@ -85,6 +86,11 @@ class FasterWhisperBackend:
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"cannot load faster-whisper model {ms.model!r}: {exc}") from exc
+        # Keeps the alignment pass's token probabilities for requests that ask for logprobs.
+        self._recorder = AlignmentRecorder(self._whisper.model)
+        self._whisper.model = self._recorder
+        self._tokenizer = self._whisper.hf_tokenizer
+        self._eot = self._tokenizer.token_to_id("<|endoftext|>")
         # A thin wrapper over the same model: used per request when the pipeline asks for it.
         self._batched = ObservedBatchedPipeline(self._whisper)
         # ... and for clips of several requests that the scheduler gathers (transcribe_batch).
@@ -95,6 +101,8 @@ class FasterWhisperBackend:
             translate=multilingual,
             word_timestamps=True,
             batching=True,
+            logprobs=True,
+            keywords=True,
         )
 
     @staticmethod
@@ -121,9 +129,11 @@ class FasterWhisperBackend:
             "task": options.task,
             "beam_size": options.beam_size or self._decode.beam_size,
             "best_of": self._decode.best_of,
-            "word_timestamps": options.word_timestamps,
+            # Token probabilities come from the word-alignment pass (service.backends.token_scores).
+            "word_timestamps": options.word_timestamps or options.logprobs,
             "initial_prompt": self._prompt(options),
             "condition_on_previous_text": self._decode.condition_on_previous_text,
+            "hotwords": self._hotwords(options.keywords),
         }
         if options.temperature:
             # OpenAI's semantics: 0 means "start greedy and fall back to higher temperatures
@@ -151,9 +161,9 @@ class FasterWhisperBackend:
 
     def batch_key(self, options: TranscribeOptions, seconds: float) -> Hashable | None:
         """Options that may share a batched call: all but the language and the prompt equal, and
-        for drafts the same window; never the batched pipeline (long files) or the VAD filter (it
-        cuts the clip first)."""
-        if options.batched or options.vad_filter:
+        for drafts the same window; never the batched pipeline (long files), the VAD filter (it
+        cuts the clip first) or logprobs (the batch decoder does not record token scores)."""
+        if options.batched or options.vad_filter or options.logprobs:
             return None
         kwargs = self._draft_kwargs(options, seconds) if options.draft else self._kwargs(options)
         if not set(kwargs) <= SHARED | PER_CLIP:
@@ -179,11 +189,11 @@ class FasterWhisperBackend:
             window, kwargs = None, [self._kwargs(o) for o in options]
         decoded = self._clips.decode(clips, kwargs, cancels, window)
         out: list[Transcript | Exception] = []
-        for result in decoded:
+        for result, o in zip(decoded, options, strict=True):
             if isinstance(result, Exception):
                 out.append(result)
                 continue
-            segments = [_segment(seg, i) for i, seg in enumerate(result.segments)]
+            segments = [self._segment(seg, i, o, None) for i, seg in enumerate(result.segments)]
             text = "".join(seg.text for seg in result.segments).strip()
             out.append(Transcript(text, result.language, result.language_probability, result.duration, segments))
         return out
@@ -195,7 +205,7 @@ class FasterWhisperBackend:
         cancel: threading.Event | None = None,
         on_segment: Callable[[Segment], None] | None = None,
     ) -> Transcript:
-        if options.draft and len(audio) <= MAX_CLIP_SECONDS * SAMPLE_RATE:
+        if options.draft and not options.logprobs and len(audio) <= MAX_CLIP_SECONDS * SAMPLE_RATE:
             # Drafts are decoded by the batch decoder alone: it can shorten the window.
             result = self.transcribe_batch([audio], [options], [cancel or threading.Event()])[0]
             if isinstance(result, Exception):
@@ -205,26 +215,27 @@ class FasterWhisperBackend:
                     on_segment(seg)
             return result
         kwargs = self._kwargs(options)
-        if options.batched:
-            # The batched pipeline needs VAD to cut the audio into chunks it can batch. It decodes
-            # without timestamp tokens (with them, WER rose from 0.064 to 0.173 on our corpus),
-            # so each segment is a whole chunk; service.resegment splits them by word timings.
-            segments, info = self._batched.transcribe(
-                audio, vad_filter=True, batch_size=self._decode.batch_size, **kwargs
-            )
-        else:
-            segments, info = self._whisper.transcribe(audio, vad_filter=options.vad_filter, **kwargs)
-        out: list[Segment] = []
-        raw_texts: list[str] = []  # Whisper puts the spaces where the language wants them
-        # segments is a generator: the work happens as it is iterated, so cancelling between
-        # segments stops the engine within one 30 s window.
-        for seg in segments:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled()
-            raw_texts.append(seg.text)
-            out.append(_segment(seg, len(out)))
-            if on_segment is not None:
-                on_segment(out[-1])
+        with self._recorder.recording() as scores:
+            if options.batched:
+                # The batched pipeline needs VAD to cut the audio into chunks it can batch. It decodes
+                # without timestamp tokens (with them, WER rose from 0.064 to 0.173 on our corpus),
+                # so each segment is a whole chunk; service.resegment splits them by word timings.
+                segments, info = self._batched.transcribe(
+                    audio, vad_filter=True, batch_size=self._decode.batch_size, **kwargs
+                )
+            else:
+                segments, info = self._whisper.transcribe(audio, vad_filter=options.vad_filter, **kwargs)
+            out: list[Segment] = []
+            raw_texts: list[str] = []  # Whisper puts the spaces where the language wants them
+            # segments is a generator: the work happens as it is iterated, so cancelling between
+            # segments stops the engine within one 30 s window.
+            for seg in segments:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
+                raw_texts.append(seg.text)
+                out.append(self._segment(seg, len(out), options, scores))
+                if on_segment is not None:
+                    on_segment(out[-1])
         return Transcript(
             text="".join(raw_texts).strip(),
             language=info.language,
@@ -233,22 +244,49 @@ class FasterWhisperBackend:
             segments=out,
         )
 
+    def _segment(self, seg: Any, index: int, options: TranscribeOptions, scores: TokenScores | None) -> Segment:
+        """One of faster-whisper's segments as ours; its logprobs from `scores` when asked for."""
+        words = None
+        if options.word_timestamps and seg.words is not None:
+            words = [Word(w.start, w.end, w.word, w.probability) for w in seg.words]
+        logprobs = None
+        if options.logprobs and scores is not None:
+            text_tokens = [t for t in seg.tokens if t < self._eot]
+            probabilities = scores.take(text_tokens)
+            if probabilities is None:  # not seen in the alignment pass: say nothing rather than guess
+                log.warning("no alignment probabilities for segment %d's %d tokens", index, len(text_tokens))
+            else:
+                logprobs = token_logprobs(self._tokenizer, text_tokens, probabilities)
+        return Segment(
+            id=index,
+            start=seg.start,
+            end=seg.end,
+            text=seg.text.strip(),
+            seek=int(seg.seek),
+            words=words,
+            avg_logprob=seg.avg_logprob,
+            no_speech_prob=seg.no_speech_prob,
+            compression_ratio=seg.compression_ratio,
+            temperature=seg.temperature,
+            tokens=list(seg.tokens),
+            logprobs=logprobs,
+        )
+
+    def _hotwords(self, keywords: tuple[str, ...]) -> str | None:
+        """The keywords as faster-whisper's `hotwords`: one comma-separated text put before the
+        previous-text prompt of every 30 s window. Raises BadRequestError when they need more
+        tokens than the window's prompt may hold (faster-whisper would silently cut them)."""
+        if not keywords:
+            return None
+        text = ", ".join(k.strip() for k in keywords)
+        room = self._whisper.max_length // 2 - 1
+        used = len(self._tokenizer.encode(" " + text, add_special_tokens=False).ids)
+        if used > room:
+            raise BadRequestError(
+                f"the keywords take {used} tokens; {self.model} takes at most {room}: send fewer or shorter ones",
+                param="keywords",
+            )
+        return text
+
     def close(self) -> None:
         self._whisper.model.unload_model()
-
-
-def _segment(seg: Any, index: int) -> Segment:
-    """One of faster-whisper's segments as ours."""
-    return Segment(
-        id=index,
-        start=seg.start,
-        end=seg.end,
-        text=seg.text.strip(),
-        seek=int(seg.seek),
-        words=[Word(w.start, w.end, w.word, w.probability) for w in seg.words] if seg.words is not None else None,
-        avg_logprob=seg.avg_logprob,
-        no_speech_prob=seg.no_speech_prob,
-        compression_ratio=seg.compression_ratio,
-        temperature=seg.temperature,
-        tokens=list(seg.tokens),
-    )
