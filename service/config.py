@@ -421,7 +421,7 @@ class StreamSettings(BaseSettings):
         ge=0.0,
         le=5.0,
         description="A word of a single partial hypothesis is sent once it ended this long before the end of "
-        "the audio that hypothesis heard (and its probability is 0.5 or more).",
+        "the audio that hypothesis heard (and its probability is 0.7 or more).",
     )
     stream_context_chars: int = Field(
         200,

@@ -3,7 +3,9 @@ partial decode begins (service.streaming.partials). Real decodes are in tests/te
 
 from __future__ import annotations
 
+from service.backends.base import Segment, Transcript, Word
 from service.streaming.partials import Heard, Partials
+from service.streaming.session import _heard
 
 
 def words(*spec: tuple[str, float, float] | tuple[str, float, float, float]) -> list[Heard]:
@@ -77,3 +79,15 @@ def test_the_final_completes_or_revises_what_was_sent() -> None:
     q = Partials()
     q.update(words(("But", 0.1, 0.3)), heard_end=2.0)
     assert q.finish("The weather today.") == ("", True)
+
+
+def test_a_word_whisper_timed_in_pieces_is_one_word_of_the_text() -> None:
+    # Whisper's word timings split "o'clock" into " o" and "'clock."; the text has one word.
+    pieces = [Word(0.0, 0.4, " before", 0.9), Word(0.5, 0.6, " 8", 0.9), Word(0.6, 0.7, " o", 0.8)]
+    segment = Segment(0, 0.0, 1.0, "before 8 o'clock.", words=[*pieces, Word(0.7, 1.0, "'clock.", 0.75)])
+    heard = _heard(Transcript("before 8 o'clock.", "en", 1.0, 1.0, [segment]), offset=2.0)
+    assert [h.word for h in heard] == ["before", "8", "o'clock."]
+    assert (heard[2].start, heard[2].end, heard[2].probability) == (2.6, 3.0, 0.75)
+    p = Partials(stable_seconds=0.3)
+    assert p.update(heard, heard_end=4.0) == "before 8 o'clock."
+    assert p.finish("Before 8 o'clock.") == ("", False)  # nothing taken back

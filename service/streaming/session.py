@@ -571,14 +571,21 @@ class RealtimeSession:
 
 
 def _heard(transcript: Transcript, offset: float) -> list[Heard]:
-    """A partial's words with their times from the turn's start (`offset`: where its audio began);
-    a segment without word timings lends its words its own end."""
-    words = []
+    """A partial's words with their times from the turn's start (`offset`: where its audio began),
+    one per whitespace-separated word of its text (as the final's text is compared, and logprobs
+    counted): Whisper's word timings split "o'clock" into " o" and "'clock", which are joined here.
+    A segment without word timings lends its words its own times."""
+    words: list[Heard] = []
     for seg in transcript.segments:
-        if seg.words is not None:
-            words += [Heard(w.word, w.start + offset, w.end + offset, w.probability) for w in seg.words]
-        else:
+        if seg.words is None:
             words += [Heard(w, seg.start + offset, seg.end + offset, 1.0) for w in seg.text.split()]
+            continue
+        for w in seg.words:
+            if words and w.word[:1] not in ("", " ") and not w.word[:1].isspace():
+                last = words[-1]
+                words[-1] = Heard(last.word + w.word, last.start, w.end + offset, min(last.probability, w.probability))
+            else:
+                words.append(Heard(w.word.strip(), w.start + offset, w.end + offset, w.probability))
     return words
 
 
