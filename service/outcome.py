@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from service.audio import DecodedAudio
     from service.formats import Result
 
@@ -21,3 +23,5 @@ class Outcome:
     result: Result
     audio: DecodedAudio
     flags: list[str]  # the hallucination guard's findings (service.quality.hallucination)
+    # Work run with observe=False: what counting it would record (Pipeline.observe), else None.
+    unobserved: Callable[[], None] | None = None
