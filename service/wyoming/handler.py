@@ -271,7 +271,7 @@ class WyomingHandler(AsyncEventHandler):
             await self._error("server_error", "the service failed on this event; the connection goes on")
 
     async def _transcribe(self, data: dict[str, Any]) -> None:
-        request = Transcribe.from_event(Event(Transcribe().event().type, data))
+        request = Transcribe.from_event(Event("transcribe", data))
         if not all(v is None or isinstance(v, str) for v in (request.name, request.language)):
             raise UtteranceError("invalid_event", "transcribe's name and language must be strings", "invalid")
         language = normalize_language(request.language)
