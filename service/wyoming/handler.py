@@ -49,7 +49,7 @@ from service.wyoming.info import describe
 from service.wyoming.utterance import Utterance, UtteranceError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable
 
     from service.config import Settings
     from service.metrics import Metrics
@@ -81,6 +81,10 @@ class Listener(Protocol):
     draining: asyncio.Event
 
     def keep(self, work: Awaitable[Any]) -> None: ...
+
+    def utterance_began(self) -> Callable[[], None]: ...
+
+    def partials_room(self) -> bool: ...
 
     def track(self, connection: asyncio.Task[Any] | None) -> None: ...
 
@@ -307,7 +311,18 @@ class WyomingHandler(AsyncEventHandler):
         if self._streaming() and self._partials_offered():
             beam = self.settings.streams.stream_partial_beam_size or None
             partial = RequestOptions(language=self._language, model=self._model, beam_size=beam)
-        return Utterance(self.pipeline, self.settings, options, partial, fmt, self.metrics, self.write_event)
+        ended = self.server.utterance_began()
+        return Utterance(
+            self.pipeline,
+            self.settings,
+            options,
+            partial,
+            fmt,
+            self.metrics,
+            self.write_event,
+            may_partial=self.server.partials_room,
+            on_end=ended,
+        )
 
     async def _chunk(self, event: Event) -> None:
         if self._dropping or self._refused:
@@ -338,12 +353,14 @@ class WyomingHandler(AsyncEventHandler):
             utterance.abort()  # the client left: its work stops too
             raise
         except ServiceError as exc:
+            utterance.end()
             if exc.reason is not None:
                 self.server.metrics.rejected.labels(exc.reason).inc()
             await _after(previous)
             await self._error(exc.code, exc.message)
             return
         except Preempted:  # INTERACTIVE work is never preempted; kept for the type's sake
+            utterance.end()
             await _after(previous)
             await self._error("server_error", "the transcription was interrupted")
             return
@@ -353,6 +370,8 @@ class WyomingHandler(AsyncEventHandler):
         except BaseException:
             outcome.audio.close()
             raise
+        finally:
+            utterance.end()
         self._last = time.monotonic()
         self.metrics.finalisation.observe(time.monotonic() - stopped)
         self.server.keep(self.pipeline.keep_sample(outcome, f"wyoming_{uuid.uuid4().hex[:24]}"))

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from wyoming.server import AsyncTcpServer
 
+from service.backends import on_gpu
+from service.hardware import worker_count
 from service.wyoming.handler import WyomingHandler
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable
 
     from service.config import Settings
     from service.metrics import Metrics
@@ -43,6 +45,9 @@ class WyomingServer:
         self._tcp: AsyncTcpServer | None = None
         self._announcement: Announcement | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        self._utterances = 0  # in progress: audio arriving, or the final owed
+        # Partials only while a worker is left for the finals (service.wyoming.utterance).
+        self._partial_room = max(1, worker_count(settings, on_gpu(settings)) - 1)
         self._background: set[asyncio.Future[Any]] = set()
 
     @property
@@ -70,6 +75,19 @@ class WyomingServer:
         if connection is not None:
             self._connections.add(connection)
             connection.add_done_callback(self._connections.discard)
+
+    def utterance_began(self) -> Callable[[], None]:
+        """Count an utterance in progress; returns what to call once it is over."""
+        self._utterances += 1
+
+        def ended() -> None:
+            self._utterances -= 1
+
+        return ended
+
+    def partials_room(self) -> bool:
+        """Whether partial decodes fit now: no more utterances in progress than workers - 1 (at least 1)."""
+        return self._utterances <= self._partial_room
 
     def keep(self, work: Awaitable[Any]) -> None:
         """Run `work` (sampling an answered utterance) in the background, kept until it ends."""

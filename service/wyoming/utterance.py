@@ -13,9 +13,13 @@ decoded after it, as any server would.
 Clients that asked for streaming (service.wyoming.handler) also get partial text while they
 speak: the Realtime session's pattern and settings (service.streaming.session): a partial
 decode of the utterance so far every ASR_STREAM_PARTIAL_SECONDS of new audio while the VAD hears
-speech, at most one in flight, at STREAM priority and uncounted; the Stabilizer's local agreement
-decides which words are sent (`transcript-chunk`), never taken back. The final is `transcript`,
-the truth: when it does not begin with what was sent, that is a revision, counted.
+speech, at most one in flight, uncounted; the Stabilizer's local agreement decides which words are
+sent (`transcript-chunk`), never taken back. The final is `transcript`, the truth: when it does
+not begin with what was sent, that is a revision, counted. Unlike the Realtime session's, these
+partials are shed under load: they run on spare capacity (IDLE priority) and only while this
+server has no more utterances in progress than workers - 1, since what Home Assistant waits for
+is the final (bench/results/wyoming.md: at 4 clients, partials at STREAM priority held a worker
+for good, and the finals came 3.7 s after audio-stop instead of 0.7 s).
 """
 
 from __future__ import annotations
@@ -86,12 +90,17 @@ class Utterance:
         fmt: AudioFormat,
         metrics: StreamMetrics,
         send: Callable[[Event], Awaitable[None]],
+        may_partial: Callable[[], bool] = lambda: True,
+        on_end: Callable[[], None] = lambda: None,
     ) -> None:
-        """`partial_options`: the options of partial decodes for a streaming client, else None."""
+        """`partial_options`: the options of partial decodes for a streaming client, else None;
+        `may_partial`: whether there is room for one now; `on_end`: called once when it is over."""
         self.pipeline, self.settings, self.metrics = pipeline, settings, metrics
         self.options, self.partial_options = options, partial_options
         self.format = fmt
         self._send = send
+        self._may_partial, self._on_end = may_partial, on_end
+        self._ended = False
         self._converter = Converter(fmt)
         self._buffer = InputBuffer()
         self.started = time.monotonic()
@@ -179,6 +188,7 @@ class Utterance:
             or (self._partial is not None and not self._partial.done())
             or (self._vad is not None and not self._vad.speaking)
             or received - self._partial_from < self.settings.streams.stream_partial_seconds * RATE
+            or not self._may_partial()
         ):
             return
         self._partial_from = received
@@ -188,8 +198,9 @@ class Utterance:
         assert self.partial_options is not None
         token = CancelToken()
         self._tokens.add(token)
+        # On spare capacity only (IDLE: when nothing else waits; see the module's docstring).
         work = Work(
-            self.partial_options, DecodedAudio.from_array(audio), priority=Priority.STREAM, token=token, observe=False
+            self.partial_options, DecodedAudio.from_array(audio), priority=Priority.IDLE, token=token, observe=False
         )
         try:
             outcome = await self.pipeline.transcribe(work)
@@ -271,8 +282,15 @@ class Utterance:
 
     # ---- the end ------------------------------------------------------------------------
 
+    def end(self) -> None:
+        """The utterance is over (answered, refused or abandoned); once, however often called."""
+        if not self._ended:
+            self._ended = True
+            self._on_end()
+
     def abort(self) -> None:
         """Stop everything the utterance runs (the client left, or its audio was refused)."""
+        self.end()
         self.done = self.aborted = True
         for token in [*self._tokens, self._final_token]:
             token.cancel(CLIENT_DISCONNECTED)
