@@ -269,7 +269,7 @@ class WyomingHandler(AsyncEventHandler):
             self._reject(exc.reason)
             await self._error(exc.code, exc.message)
         except Exception:
-            # A defect, not the client's fault; the fuzz test (tests/test_wyoming_fuzz.py) looks for these.
+            # A defect, not the client's fault; tests/test_wyoming.py sends garbage and odd events to find these.
             log.exception("wyoming: an event of type %s failed", event.type[:64])
             self._drop_utterance()
             await self._error("server_error", "the service failed on this event; the connection goes on")
