@@ -63,7 +63,7 @@ $(VENV)/.core: $(VENV)/.python pyproject.toml
 $(VENV)/.full: $(VENV)/.core pyproject.toml
 	$(PIP) install $(TORCH_PAIR)
 	$(PIP) install $(TORCHAUDIO)
-	$(PIP) install -e '.[dev,sensevoice,openai-whisper,postgres]' $(TORCHAUDIO)
+	$(PIP) install -e '.[dev,sensevoice,openai-whisper,postgres,diarization]' $(TORCHAUDIO)
 	touch $@
 
 $(TOOLS)/.checkov:

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--language", help="language code (default: detect)")
     tr.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
     tr.add_argument("--word-timestamps", action="store_true")
+    tr.add_argument(
+        "--diarize", action="store_true", help="who spoke: speakers in json, srt and vtt (extra: diarization)"
+    )
     tr.add_argument("--output-dir", help="write FILE-stem.FORMAT files here instead of printing")
     tr.set_defaults(run=cli.transcribe)
 

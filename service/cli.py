@@ -199,7 +199,11 @@ async def _transcribe_files(settings: Settings, args: argparse.Namespace) -> int
     from service.pipeline import RequestOptions
 
     options = RequestOptions(
-        language=normalize_language(args.language), task=args.task, word_timestamps=args.word_timestamps
+        language=normalize_language(args.language),
+        task=args.task,
+        word_timestamps=args.word_timestamps,
+        diarize=args.diarize,
+        fine_segments=args.diarize,
     )
     out_dir = Path(args.output_dir) if args.output_dir else None
     if out_dir:

@@ -184,6 +184,12 @@ class LimitSettings(BaseSettings):
     timeout_per_audio_second: float = Field(
         1.0, ge=0, description="Extra timeout granted per second of audio, so long files are not cut short."
     )
+    max_keywords: int = Field(
+        50, ge=0, le=1000, description="Most `keywords` one request or stream may give (422 beyond); 0: none allowed."
+    )
+    max_keyword_chars: int = Field(
+        64, ge=1, le=1000, description="Longest keyword accepted, in characters (422 beyond)."
+    )
 
 
 class SchedulerSettings(BaseSettings):
@@ -550,6 +556,41 @@ class WebhookSettings(BaseSettings):
         return value
 
 
+class DiarizationSettings(BaseSettings):
+    """Who spoke: speaker diarization (the `diarization` extra), asked for per request."""
+
+    model_config = _config("ASR_DIARIZATION_")
+
+    embedder: Literal["resemblyzer", "pyannote"] = Field(
+        "resemblyzer",
+        description="Speaker embedder: `resemblyzer` (its weights ship in its wheel) or `pyannote` (a local "
+        "pyannote.audio embedding model, ASR_DIARIZATION_MODEL; needs pyannote.audio).",
+    )
+    model: str | None = Field(
+        None,
+        description="pyannote only: the local directory or checkpoint of the embedding model (e.g. "
+        "wespeaker-voxceleb-resnet34-LM); it is never fetched from a hub.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="Where the speaker embedder runs.")
+    max_speakers: int = Field(
+        10, ge=1, le=32, description="The most speakers an estimate finds, and a request may ask for."
+    )
+    match_threshold: float = Field(
+        0.75,
+        ge=0.0,
+        le=1.0,
+        description="Cosine similarity at which two voice prints are one speaker: a voice and a known speaker's "
+        "reference, a job window's speaker and the job's, a live turn's and the session's.",
+    )
+    similarity: float = Field(
+        0.8,
+        gt=0.0,
+        lt=1.0,
+        description="Cosine similarity of two groups of windows' mean voice prints at or above which they are one "
+        "speaker: it decides the estimated speaker count (lower merges more).",
+    )
+
+
 class SenseVoiceSettings(BaseSettings):
     """FunASR SenseVoiceSmall options (used when ASR_BACKEND=sensevoice)."""
 
@@ -587,6 +628,7 @@ class Settings(BaseModel):
     jobs: JobSettings = Field(default_factory=JobSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    diarization: DiarizationSettings = Field(default_factory=DiarizationSettings)
     sensevoice: SenseVoiceSettings = Field(default_factory=SenseVoiceSettings)
 
 

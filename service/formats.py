@@ -13,11 +13,15 @@ if TYPE_CHECKING:
 
 # The formats a transcription is answered in, on every route that lets the client choose.
 ResponseFormat = Literal["json", "verbose_json", "text", "srt", "vtt"]
+# OpenAI's transcription endpoint adds its speaker-annotated JSON.
+OpenAIResponseFormat = Literal["json", "verbose_json", "text", "srt", "vtt", "diarized_json"]
 # Formats whose answer needs subtitle-sized segments (batched decoding then splits its chunks).
-FINE_FORMATS = frozenset({"srt", "vtt", "verbose_json"})
+FINE_FORMATS = frozenset({"srt", "vtt", "verbose_json", "diarized_json"})
+JSON_FORMATS = frozenset({"json", "verbose_json", "diarized_json"})
 MEDIA_TYPES = {
     "json": "application/json",
     "verbose_json": "application/json",
+    "diarized_json": "application/json",
     "text": "text/plain; charset=utf-8",
     "srt": "application/x-subrip; charset=utf-8",
     "vtt": "text/vtt; charset=utf-8",
@@ -55,16 +59,35 @@ def _timestamp(seconds: float, separator: str) -> str:
 
 
 def to_srt(segments: list[Segment]) -> str:
+    """SubRip cues; a diarized segment's text begins with its speaker (`A: ...`)."""
     blocks = [
-        f"{i}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text.strip()}\n"
+        f"{i}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{_said(s.speaker, s.text.strip())}\n"
         for i, s in enumerate(segments, start=1)
     ]
     return "\n".join(blocks)
 
 
 def to_vtt(segments: list[Segment]) -> str:
-    blocks = [f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text.strip()}\n" for s in segments]
+    """WebVTT cues; a diarized segment's in a voice span (`<v A>...</v>`), which players show as
+    the speaker's name and style by it."""
+    blocks = [f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{_voiced(s)}\n" for s in segments]
     return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def _said(speaker: str | None, text: str) -> str:
+    return f"{speaker}: {text}" if speaker else text
+
+
+def _voiced(segment: Segment) -> str:
+    text = segment.text.strip()
+    if not segment.speaker:
+        return text
+    # A cue's text and a voice's name may not hold "<", ">" or "&" (WebVTT's cue text syntax).
+    return f"<v {_vtt_escape(segment.speaker)}>{_vtt_escape(text)}</v>"
+
+
+def _vtt_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def to_tsv(segments: list[Segment]) -> str:

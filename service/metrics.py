@@ -106,6 +106,10 @@ STREAM_REASONS: dict[str, dict[str, tuple[str, ...]]] = {
     "realtime": {"dropped": STREAM_DROP_REASONS, "rejected": STREAM_EVENT_REJECTIONS, "closed": STREAM_CLOSE_REASONS},
     "wyoming": {"dropped": (), "rejected": WYOMING_EVENT_REJECTIONS, "closed": WYOMING_CLOSE_REASONS},
 }
+# Diarization of one request or job window: a fraction of a second to minutes for hours of audio.
+DIARIZATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+SPEAKER_COUNT_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 16, 32)
+KNOWN_SPEAKER_OUTCOMES = ("matched", "unmatched")
 UNMATCHED_ROUTE = "<unmatched>"
 CONNECTION_CLOSE_REASONS = ("connection_limit", "evicted_idle", "header_timeout")
 
@@ -528,6 +532,29 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.diarization_duration = Histogram(
+            "asr_diarization_duration_seconds",
+            "Time spent finding who spoke (VAD, speaker embeddings, clustering) per diarized request or job window.",
+            buckets=DIARIZATION_BUCKETS,
+            registry=r,
+        )
+        self.diarization_audio = Counter(
+            "asr_diarization_audio_seconds",
+            "Audio seconds diarized (with asr_diarization_duration_seconds_sum: the real-time factor it adds).",
+            registry=r,
+        )
+        self.diarization_speakers = Histogram(
+            "asr_diarization_speakers",
+            "Speakers found per diarized request or job window.",
+            buckets=SPEAKER_COUNT_BUCKETS,
+            registry=r,
+        )
+        self.known_speakers = Counter(
+            "asr_known_speaker_matches",
+            "Known-speaker references by outcome: matched (a voice in the audio took its name) or unmatched.",
+            ["outcome"],
+            registry=r,
+        )
         self.quality_samples = Counter(
             "asr_quality_samples",
             "Requests kept for quality review.",
@@ -637,6 +664,8 @@ class Metrics:
                 view.rejected.labels(reason)
             for reason in reasons["closed"]:
                 view.closed.labels(reason)
+        for outcome in KNOWN_SPEAKER_OUTCOMES:
+            self.known_speakers.labels(outcome)
         if not self.multiprocess:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from service.audio import DecodedAudio
     from service.formats import Result
+    from service.speakers.base import Diarization
 
 
 @dataclass
@@ -23,5 +24,7 @@ class Outcome:
     result: Result
     audio: DecodedAudio
     flags: list[str]  # the hallucination guard's findings (service.quality.hallucination)
+    # Who spoke, when the request asked (its speakers' voice prints link a job's windows).
+    diarization: Diarization | None = None
     # Work run with observe=False: what counting it would record (Pipeline.observe), else None.
     unobserved: Callable[[], None] | None = None

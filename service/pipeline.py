@@ -7,6 +7,8 @@
   decode     on the bounded decode pool (400/413/415/422/507);
   schedule   on a worker, by priority, with a time limit (504) and the caller's cancel token
              (499 when the client hung up, 503 when the service drains);
+  speakers   when asked: who spoke (service.speakers), on the same worker within the same time
+             limit, its turns merged into the segments and words;
   observe    hallucination guard (segments it is sure were invented are dropped as they arrive,
              in the worker; the rest is flagged after), metrics, warnings.
 Callers build a `Work` and differ only in what they fill in; sampling for the quality loop
@@ -27,6 +29,7 @@ Callers get verbs, never the parts behind them (engine, scheduler, decode pool, 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -36,7 +39,8 @@ from service import audio_health
 from service.audio import DecodedAudio
 from service.backends.base import Backend, Cancelled, Capabilities, Segment, TranscribeOptions, Transcript
 from service.cancellation import CancelToken
-from service.errors import BackendError, BadRequestError, ServiceError, UnsupportedFeatureError, shown
+from service.decoding import EncodedAudio
+from service.errors import BackendError, BadRequestError, ModelLoadError, ServiceError, UnsupportedFeatureError, shown
 from service.formats import MIN_RTF_AUDIO_SECONDS, Result
 from service.gpu import is_out_of_memory
 from service.languages import language_label
@@ -56,7 +60,7 @@ if TYPE_CHECKING:
 
     from service.audio_health import AudioHealth
     from service.config import Settings
-    from service.decoding import AudioSource, DecodePool, EncodedAudio
+    from service.decoding import AudioSource, DecodePool
     from service.engine import BackendFactory
     from service.lifecycle import Lifecycle
     from service.metrics import Metrics
@@ -64,9 +68,13 @@ if TYPE_CHECKING:
     from service.quality.sampler import Sampler
     from service.quality.store import SampleStore
     from service.scheduler import Scheduler
+    from service.speakers.base import Diarization, KnownSpeaker, VadParams
+    from service.speakers.engine import SpeakerEngine
 
 log = logging.getLogger(__name__)
 DETECTION_SECONDS = 30.0  # Whisper decides the language from one 30 s window
+# A known speaker's reference clip, as OpenAI accepts them.
+REFERENCE_SECONDS = (2.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,17 @@ class RequestOptions:
     beam_size: int | None = None
     # The model, by ASR_MODELS id or alias (None: the default); an unknown name is 404.
     model: str | None = None
+    # Each text token's log probability in the segments (OpenAI's include=logprobs).
+    logprobs: bool = False
+    # Words and names to steer decoding towards (OpenAI's keywords); at most ASR_MAX_KEYWORDS.
+    keywords: tuple[str, ...] = ()
+    # Who spoke (service.speakers), found after decoding: bounds on the count, voices to name from
+    # reference clips, and how speech is found for it (OpenAI's chunking_strategy; None: defaults).
+    diarize: bool = False
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+    known_speakers: tuple[KnownSpeaker, ...] = ()
+    speaker_vad: VadParams | None = None
 
 
 @dataclass
@@ -128,6 +147,7 @@ class Pipeline:
         decoder: DecodePool,
         lifecycle: Lifecycle,
         sampler: Sampler,
+        speakers: SpeakerEngine,
     ) -> None:
         self.settings = settings
         self._metrics = metrics
@@ -136,6 +156,7 @@ class Pipeline:
         self._decoder = decoder
         self._lifecycle = lifecycle
         self._sampler = sampler
+        self._speakers = speakers
         self._maintenance: asyncio.Task[None] | None = None
 
     # ---- start and stop -----------------------------------------------------------------
@@ -161,6 +182,7 @@ class Pipeline:
         await self._scheduler.stop()
         self._decoder.close()
         await self._models.stop()
+        await asyncio.to_thread(self._speakers.close)
 
     # ---- what is served -------------------------------------------------------------------
 
@@ -238,6 +260,9 @@ class Pipeline:
         return self._options_for(backend, request)
 
     def _options_for(self, backend: Backend | None, request: RequestOptions) -> TranscribeOptions:
+        self._check_keywords(request.keywords)
+        if request.diarize:
+            self._check_speakers(request)
         if backend is None:
             return self._engine_options(request, vad_filter_offered=True)
         caps = backend.capabilities
@@ -246,18 +271,51 @@ class Pipeline:
             raise BadRequestError(
                 f"unknown or unsupported language {shown(request.language)}; this model knows: {known}"
             )
-        wanted = {
-            "translation": (request.task == "translate", caps.translate),
-            "word timestamps": (request.word_timestamps, caps.word_timestamps),
-            "emotion and sound-event output (SenseVoice)": (request.rich_output, caps.emotion or caps.audio_events),
-            "a prompt": (bool(request.prompt), caps.prompt),
-            "a non-zero temperature": (bool(request.temperature), caps.temperature),
-            "the VAD filter": (bool(request.vad_filter), caps.vad_filter),
+        # feature: (asked, offered, the request field, where every route names it alike)
+        wanted: dict[str, tuple[bool, bool, str | None]] = {
+            "translation": (request.task == "translate", caps.translate, None),
+            "word timestamps": (request.word_timestamps, caps.word_timestamps, None),
+            "emotion and sound-event output (SenseVoice)": (
+                request.rich_output,
+                caps.emotion or caps.audio_events,
+                None,
+            ),
+            "a prompt": (bool(request.prompt), caps.prompt, None),
+            "a non-zero temperature": (bool(request.temperature), caps.temperature, None),
+            "the VAD filter": (bool(request.vad_filter), caps.vad_filter, None),
+            "token log probabilities (include logprobs)": (request.logprobs, caps.logprobs, "include"),
+            "keywords": (bool(request.keywords), caps.keywords, "keywords"),
         }
-        for feature, (asked, offered) in wanted.items():
+        for feature, (asked, offered, param) in wanted.items():
             if asked and not offered:
-                raise UnsupportedFeatureError(f"{feature} is not supported by {backend.name} model {backend.model}")
+                raise UnsupportedFeatureError(
+                    f"{feature} is not supported by {backend.name} model {backend.model}", param=param
+                )
         return self._engine_options(request, vad_filter_offered=caps.vad_filter)
+
+    def _check_keywords(self, keywords: tuple[str, ...]) -> None:
+        """Raises BadRequestError (422, param `keywords`) past ASR_MAX_KEYWORDS or
+        ASR_MAX_KEYWORD_CHARS, or for an empty keyword."""
+        limits = self.settings.limits
+        if len(keywords) > limits.max_keywords:
+            raise BadRequestError(
+                f"{len(keywords)} keywords given; at most {limits.max_keywords} are taken", param="keywords"
+            )
+        for keyword in keywords:
+            if not keyword.strip():
+                raise BadRequestError("a keyword is empty", param="keywords")
+            if len(keyword) > limits.max_keyword_chars:
+                raise BadRequestError(
+                    f"the keyword {shown(keyword)} is longer than {limits.max_keyword_chars} characters",
+                    param="keywords",
+                )
+
+    def _check_speakers(self, request: RequestOptions) -> None:
+        self._speakers.check()
+        cap = self.settings.diarization.max_speakers
+        for name, value in (("min_speakers", request.min_speakers), ("max_speakers", request.max_speakers)):
+            if value is not None and value > cap:
+                raise BadRequestError(f"{name} may be at most {cap} (ASR_DIARIZATION_MAX_SPEAKERS)", param=name)
 
     def _engine_options(self, request: RequestOptions, vad_filter_offered: bool) -> TranscribeOptions:
         vad = self.settings.decode.vad_filter_default if request.vad_filter is None else request.vad_filter
@@ -269,6 +327,8 @@ class Pipeline:
             initial_prompt=request.prompt or None,
             temperature=request.temperature,
             beam_size=request.beam_size,
+            logprobs=request.logprobs,
+            keywords=tuple(request.keywords),  # a job's stored options hold a list
         )
 
     def batching(self, backend: Backend, duration: float) -> bool:
@@ -283,10 +343,12 @@ class Pipeline:
     ) -> TranscribeOptions:
         """The options once the audio's length is known: batched or not, and the word timings
         that subtitle-sized segments need from batched decoding. Streamed answers are not
-        batched: a batch hands its segments over only when all of its chunks are done."""
-        batched = self.batching(backend, duration) and work.on_segment is None
+        batched: a batch hands its segments over only when all of its chunks are done (unless they
+        wait for their speakers anyway). Speakers are given to words, so diarized work asks for them."""
+        diarize = work.options.diarize
+        batched = self.batching(backend, duration) and (work.on_segment is None or diarize)
         fine = work.options.fine_segments and backend.capabilities.word_timestamps
-        words = options.word_timestamps or (batched and fine)
+        words = options.word_timestamps or (batched and fine) or (diarize and backend.capabilities.word_timestamps)
         return replace(options, batched=batched, word_timestamps=words)
 
     def timeout_for(self, duration: float) -> float:
@@ -339,8 +401,9 @@ class Pipeline:
             return await self._detect(lease, work)
         audio = await self._decoder.decode(work.source, work.token)
         try:
+            references = await self._references(work) if work.options.known_speakers else []
             options = self._for_audio(backend, options, work, audio.duration)
-            transcript, seconds, dropped = await self._schedule(lease, audio, options, work)
+            transcript, seconds, dropped, diarization = await self._schedule(lease, audio, options, work, references)
             flags, health = await asyncio.to_thread(_inspect, transcript, audio)
         except BaseException:
             audio.close()
@@ -355,7 +418,7 @@ class Pipeline:
             self._observe(backend, result, flags, dropped, elapsed)
             self._observe_input(backend, audio, health)
 
-        outcome = Outcome(result, audio, flags)
+        outcome = Outcome(result, audio, flags, diarization)
         if work.observe:
             observe()
         else:
@@ -363,22 +426,37 @@ class Pipeline:
         return outcome
 
     async def _schedule(
-        self, lease: Lease, audio: DecodedAudio, options: TranscribeOptions, work: Work
-    ) -> tuple[Transcript, float, list[str]]:
-        """The transcript, the engine's seconds, and the kinds of the segments the guard dropped."""
+        self,
+        lease: Lease,
+        audio: DecodedAudio,
+        options: TranscribeOptions,
+        work: Work,
+        references: list[tuple[str, npt.NDArray[np.float32]]],
+    ) -> tuple[Transcript, float, list[str], Diarization | None]:
+        """The transcript, the engine's seconds, the kinds of the segments the guard dropped, and
+        who spoke (when asked)."""
         window = self.settings.decode.long_audio_window_seconds
-
+        diarize = work.options.diarize
         resplit = options.batched and work.options.fine_segments
+        # Diarized segments are handed over once their speakers are known.
+        on_segment = None if diarize else work.on_segment
 
-        def job(cancel: threading.Event) -> tuple[Transcript, float, list[str]]:
+        def job(cancel: threading.Event) -> tuple[Transcript, float, list[str], Diarization | None]:
             with lease.running() as backend:  # the model stays loaded until this thread is done
                 started = time.perf_counter()
                 guard = hallucination.Guard(audio)
-                transcript = transcribe_windowed(backend, audio, options, window, cancel, work.on_segment, guard.screen)
+                transcript = transcribe_windowed(backend, audio, options, window, cancel, on_segment, guard.screen)
             if resplit:
-                segments = split_by_words(transcript.segments, keep_words=work.options.word_timestamps)
-                transcript = replace(transcript, segments=segments)
-            return transcript, time.perf_counter() - started, guard.dropped
+                keep = work.options.word_timestamps or diarize
+                transcript = replace(transcript, segments=split_by_words(transcript.segments, keep_words=keep))
+            seconds = time.perf_counter() - started
+            if not diarize:
+                return transcript, seconds, guard.dropped, None
+            transcript, diarization = self._who_spoke(audio, transcript, work.options, references, cancel)
+            if work.on_segment is not None:
+                for segment in transcript.segments:
+                    work.on_segment(segment)
+            return transcript, seconds, guard.dropped, diarization
 
         try:
             return await self._scheduler.run(
@@ -392,8 +470,54 @@ class Pipeline:
             raise
         except Cancelled:
             raise BackendError("the engine stopped before it finished") from None
+        except ModelLoadError as exc:
+            log.error("speaker diarizer failed to load: %s", exc)
+            raise BackendError("the speaker diarizer failed to load; the service log says why") from exc
         except Exception as exc:
             raise self._backend_failure(exc) from exc
+
+    # ---- speakers -----------------------------------------------------------------------
+
+    async def _references(self, work: Work) -> list[tuple[str, npt.NDArray[np.float32]]]:
+        """The known speakers' reference clips, decoded; raises BadRequestError (422, naming the
+        field) for one that is not audio, or shorter or longer than REFERENCE_SECONDS allow."""
+        shortest, longest = REFERENCE_SECONDS
+        out = []
+        for i, known in enumerate(work.options.known_speakers):
+            where = f"known_speaker_references[{i}] ({shown(known.name)})"
+            try:
+                clip = await self._decoder.decode(EncodedAudio(io.BytesIO(known.audio)), work.token)
+            except ServiceError as exc:
+                if exc.status in (499, 503, 504):  # the request ended: not the reference's fault
+                    raise
+                raise BadRequestError(f"{where}: {exc.message}", param="known_speaker_references") from None
+            try:
+                if not shortest <= clip.duration <= longest:
+                    raise BadRequestError(
+                        f"{where} lasts {clip.duration:.1f} s; a reference must last {shortest:g} to {longest:g} s",
+                        param="known_speaker_references",
+                    )
+                out.append((known.name, clip.read().copy()))
+            finally:
+                clip.close()
+        return out
+
+    def _who_spoke(
+        self,
+        audio: DecodedAudio,
+        transcript: Transcript,
+        request: RequestOptions,
+        references: list[tuple[str, npt.NDArray[np.float32]]],
+        cancel: threading.Event,
+    ) -> tuple[Transcript, Diarization]:
+        """Diarize `audio` (in the worker thread) and give its segments and words their speakers."""
+        bounds = (request.min_speakers, request.max_speakers)
+        segments, diarization = self._speakers.who_spoke(
+            audio, transcript.segments, references, bounds, request.speaker_vad, cancel
+        )
+        if not request.word_timestamps:  # asked for only to place the speakers
+            segments = [replace(s, words=None) for s in segments]
+        return replace(transcript, segments=segments), diarization
 
     async def _detect(self, lease: Lease, work: Work) -> Outcome:
         """Language detection on the first 30 s: decode them, ask the engine, count nothing as served."""
@@ -526,6 +650,7 @@ def build_pipeline(
     from service.models import ModelRegistry
     from service.quality.sampler import Sampler
     from service.scheduler import Scheduler
+    from service.speakers.engine import SpeakerEngine
 
     return Pipeline(
         settings,
@@ -545,6 +670,7 @@ def build_pipeline(
         ),
         lifecycle or Lifecycle(settings.server.shutdown_grace_seconds),
         Sampler(settings.quality, store, metrics),
+        SpeakerEngine(settings, metrics),
     )
 
 

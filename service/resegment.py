@@ -30,8 +30,11 @@ def split_by_words(segments: list[Segment], keep_words: bool) -> list[Segment]:
         if not seg.words:
             out.append(replace(seg, id=len(out), words=seg.words if keep_words else None))
             continue
-        for piece in _pieces(seg.words):
+        for n, piece in enumerate(_pieces(seg.words)):
             text = "".join(w.word for w in piece).strip()
+            # The chunk's token log probabilities stay whole, on its first piece, so that the
+            # segments' logprobs still join into the text.
+            logprobs = seg.logprobs if n == 0 or seg.logprobs is None else []
             out.append(
                 replace(
                     seg,
@@ -41,6 +44,7 @@ def split_by_words(segments: list[Segment], keep_words: bool) -> list[Segment]:
                     text=text,
                     words=list(piece) if keep_words else None,
                     tokens=[],  # the chunk's tokens belong to the whole chunk
+                    logprobs=logprobs,
                 )
             )
     return out

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service import trailing_silence
-from service.backends.base import Backend, Cancelled, Segment, TranscribeOptions, Transcript, Word
+from service.backends.base import Backend, Cancelled, Segment, TranscribeOptions, Transcript
 from service.languages import join_texts
 
 if TYPE_CHECKING:
@@ -149,9 +149,7 @@ class _WindowSegments:
 def shift_segment(seg: Segment, new_id: int, offset: float) -> Segment:
     """`seg` from a window that began `offset` seconds into the audio, with times from the audio's start."""
     words = (
-        [Word(w.start + offset, w.end + offset, w.word, w.probability) for w in seg.words]
-        if seg.words is not None
-        else None
+        [replace(w, start=w.start + offset, end=w.end + offset) for w in seg.words] if seg.words is not None else None
     )
     frames = round(offset * 100)  # seek counts 10 ms mel frames
     return replace(seg, id=new_id, start=seg.start + offset, end=seg.end + offset, words=words, seek=seg.seek + frames)

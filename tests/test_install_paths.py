@@ -425,6 +425,21 @@ def test_the_console_is_served(install: Install, server: Server) -> None:
         assert (r.status_code, r.content) == (200, path.read_bytes()), f"{install.name}: {path.name} {r.status_code}"
 
 
+def test_speakers_without_their_extra_are_a_422_naming_it(install: Install, server: Server, speech_dir: Path) -> None:
+    # Neither shipped install holds the `diarization` extra: asking for speakers says what to install.
+    clip = speech_dir / f"{CLIP}.wav"
+    asks = [
+        ("/transcribe", {"diarize": "true"}),
+        ("/v1/audio/transcriptions", {"model": "gpt-4o-transcribe-diarize", "response_format": "diarized_json"}),
+    ]
+    for route, data in asks:
+        r = httpx.post(server.url + route, files={"file": (clip.name, clip.read_bytes())}, data=data, timeout=60)
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["code"] == "unsupported_feature", error
+        assert "pip install 'asr-service[diarization]'" in error["message"], error
+
+
 # ---- the core install alone: every module, and the extras it lacks -------------------------------
 
 

@@ -348,6 +348,11 @@ def test_an_unversioned_job_table_upgrades_and_its_jobs_resume(
     )
     [(index, start, [segment], text)] = jobs.windows("half")
     assert (index, start, segment.text, text) == (0, 0.0, "first window", "first window")
+    # Step 2's speakers column: empty on the old window, kept for a new diarized one.
+    assert jobs.window_speakers("half") == {}
+    voice = {"label": "A", "embedding": [0.6, 0.8], "seconds": 2.0}
+    assert jobs.add_window("half", "here:1:00000000", 1, 30.0, 60.0, [], "", speakers=[voice])
+    assert jobs.window_speakers("half") == {1: [voice]}
 
     before = _snapshot(jobs.database, ("jobs", "job_windows", "schema_versions"))
     JobStore(tmp_path, shared_database)

@@ -170,21 +170,24 @@ def test_semantic_vad_ends_turns_with_our_vad(server: Server, tmp_path: Path) ->
     assert kinds.count("input_audio_buffer.speech_started") == kinds.count("input_audio_buffer.speech_stopped") == 1
 
 
-def test_logprobs_are_refused_not_ignored(server: Server, speech_dir: Path) -> None:
+def test_options_not_offered_are_refused_not_ignored(server: Server, speech_dir: Path) -> None:
     with connect(_url(server)) as ws:
         ws.recv(timeout=30)
-        session = {"type": "transcription", "include": ["item.input_audio_transcription.logprobs"]}
+        # include holds one value OpenAI defines (logprobs, honoured: tests/test_confidence.py); others are named.
+        session = {"type": "transcription", "include": ["item.input_audio_transcription.tokens"]}
         ws.send(json.dumps({"type": "session.update", "event_id": "e1", "session": session}))
         error = json.loads(ws.recv(timeout=30))
         assert error["type"] == "error", error
-        assert (error["error"]["code"], error["error"]["param"]) == ("unsupported_parameter", "session.include")
+        assert (error["error"]["code"], error["error"]["param"]) == ("invalid_include", "session.include")
         assert "logprobs" in error["error"]["message"] and error["error"]["event_id"] == "e1"
         refused = {"noise_reduction": {"type": "near_field"}}
         assert _update(ws, **refused)["error"]["param"] == "session.audio.input.noise_reduction"
-    assert metric(server, "asr_stream_events_rejected_total", {"reason": "unsupported"}) >= 2
+    assert metric(server, "asr_stream_events_rejected_total", {"reason": "unsupported"}) >= 1
+    assert metric(server, "asr_stream_events_rejected_total", {"reason": "invalid"}) >= 1
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
     with (speech_dir / "fox.wav").open("rb") as audio, pytest.raises(openai.UnprocessableEntityError) as refusal:
-        client.audio.transcriptions.create(model="whisper-1", file=audio, include=["logprobs"])
+        # Over HTTP, logprobs come with the json format only (as OpenAI's): never dropped silently.
+        client.audio.transcriptions.create(model="whisper-1", file=audio, include=["logprobs"], response_format="text")
     assert "logprobs" in str(refusal.value)
 
 

@@ -97,7 +97,7 @@ def test_an_update_replaces_what_it_names_and_keeps_the_rest() -> None:
     before = config.body()
     update = _update({"transcription": {"language": "en"}, "turn_detection": {"type": "server_vad", "threshold": 0.7}})
     after = config.updated(update.session).body()["audio"]["input"]
-    assert after["transcription"] == {"model": "tiny.en", "language": "en", "prompt": None}
+    assert after["transcription"] == {"model": "tiny.en", "language": "en", "prompt": None, "keywords": None}
     # A turn_detection object is whole: what it leaves out takes the protocol's defaults.
     assert after["turn_detection"] == {
         "type": "server_vad",
@@ -176,7 +176,7 @@ _TD = "audio.input.turn_detection"
 # (None: honoured, shown in session.updated at its place; a string: refused, that string the error's param).
 AUDIT: dict[str, tuple[Any, str | None]] = {
     "type": ("transcription", None),
-    "include": (["item.input_audio_transcription.logprobs"], "session.include"),
+    "include": (["item.input_audio_transcription.logprobs"], None),
     "audio.input.format.AudioPCM.rate": (16000, None),
     "audio.input.format.AudioPCM.type": ("audio/pcm", None),
     "audio.input.format.AudioPCMU.type": ("audio/pcmu", None),
@@ -184,7 +184,7 @@ AUDIT: dict[str, tuple[Any, str | None]] = {
     "audio.input.noise_reduction.NoiseReduction.strength": (0.5, "session.audio.input.noise_reduction"),
     "audio.input.noise_reduction.NoiseReduction.type": ("near_field", "session.audio.input.noise_reduction"),
     "audio.input.transcription.delay": ("low", "session.audio.input.transcription.delay"),
-    "audio.input.transcription.keywords": (["Zeus"], "session.audio.input.transcription.keywords"),
+    "audio.input.transcription.keywords": (["Zeus"], None),
     "audio.input.transcription.language": ("en", None),
     "audio.input.transcription.languages": (["en", "de"], "session.audio.input.transcription.languages"),
     "audio.input.transcription.model": ("gpt-4o-transcribe", None),

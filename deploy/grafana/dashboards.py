@@ -264,6 +264,38 @@ def performance() -> dict[str, Any]:
     lay.add(timeseries("Loads and unloads by reason", churn, description=thrash_doc), 6)
     load_time = [(f"max by (model) (asr_model_load_seconds{sel()})", "{{model}}")]
     lay.add(timeseries("Load time (with warm-up)", load_time, "s"), 6)
+    lay.row("Speakers (diarization)")
+    added = f"sum({rate('asr_diarization_duration_seconds_sum')}) / sum({rate('asr_diarization_audio_seconds_total')})"
+    lay.add(
+        timeseries(
+            "Diarization: RTF added and p95 time",
+            [(added, "RTF added"), (quantile(0.95, "asr_diarization_duration_seconds"), "p95 seconds")],
+            "none",
+            description="Seconds spent finding who spoke per audio second diarized, on top of the engine's RTF.",
+        ),
+        8,
+    )
+    speakers = f"sum({rate('asr_diarization_speakers_sum')}) / sum({rate('asr_diarization_speakers_count')})"
+    lay.add(
+        timeseries(
+            "Speakers per diarized request",
+            [(speakers, "mean speakers"), (quantile(0.95, "asr_diarization_speakers"), "p95")],
+            "none",
+        ),
+        8,
+    )
+    matches = [
+        (f"sum by (outcome) (increase(asr_known_speaker_matches_total{sel()}[$__rate_interval]))", "{{outcome}}")
+    ]
+    lay.add(
+        timeseries(
+            "Known-speaker references by outcome",
+            matches,
+            stack=True,
+            description="matched: a voice in the audio took the reference's name; unmatched: none was alike enough.",
+        ),
+        8,
+    )
     return dashboard(
         "asr-performance",
         "ASR performance",

@@ -23,7 +23,7 @@ from service.errors import (
     UploadTooLargeError,
     is_disk_full,
 )
-from service.formats import MEDIA_TYPES, render_text
+from service.formats import JSON_FORMATS, MEDIA_TYPES, render_text
 from service.middleware import request_state
 
 if TYPE_CHECKING:
@@ -34,11 +34,15 @@ if TYPE_CHECKING:
     from starlette.datastructures import FormData
 
     from service.api.schemas import Answer
-    from service.formats import ResponseFormat, Result
+    from service.formats import OpenAIResponseFormat, Result
 
 M = TypeVar("M", bound=BaseModel)
 # Room for multipart framing and the small text fields beside the file.
 FORM_OVERHEAD_BYTES = 1024 * 1024
+# Fields a form may hold beside its list fields' items (keywords[]: up to ASR_MAX_KEYWORDS more).
+FORM_FIELDS = 64
+# The largest text field of a form: known speakers' reference clips come as base64 data URLs.
+MAX_FIELD_BYTES = 6 * 1024 * 1024
 # Routes whose body is an upload (ASR_MAX_UPLOAD_BYTES); every other body is capped at 1 MB.
 UPLOAD_ROUTES = frozenset(
     {"/transcribe", "/v1/audio/transcriptions", "/v1/audio/translations", "/asr", "/detect-language", "/v1/jobs"}
@@ -46,11 +50,11 @@ UPLOAD_ROUTES = frozenset(
 
 
 def respond(
-    result: Result, fmt: ResponseFormat, json_body: Callable[[], Answer], background: BackgroundTask | None = None
+    result: Result, fmt: OpenAIResponseFormat, json_body: Callable[[], Answer], background: BackgroundTask | None = None
 ) -> Response:
     """A transcription in the format the client chose: `json_body()` for the JSON formats (each
     dialect builds its own), the shared text renderers for text, srt and vtt."""
-    if fmt in ("json", "verbose_json"):
+    if fmt in JSON_FORMATS:
         return JSONResponse(json_body().body(), background=background)
     return Response(render_text(result, fmt), media_type=MEDIA_TYPES[fmt], background=background)
 
@@ -85,11 +89,11 @@ _ERRORS = {
 UPLOAD_ERRORS = (400, 401, 413, 415, 422, 429, 503, 504, 507)
 
 
-async def read_form(request: Request) -> FormData:
+async def read_form(request: Request, max_fields: int = FORM_FIELDS) -> FormData:
     """The multipart form, read within the body limit; raises ClientGoneError, InsufficientStorageError
     or BadRequestError (a body that is not a form)."""
     try:
-        return await request.form(max_files=4, max_fields=64)
+        return await request.form(max_files=4, max_fields=max_fields, max_part_size=MAX_FIELD_BYTES)
     except ClientDisconnect:
         raise ClientGoneError("the client closed the connection during the upload") from None
     except OSError as exc:
@@ -101,7 +105,7 @@ async def read_form(request: Request) -> FormData:
 
 
 async def read_upload_form(
-    request: Request, model: type[M], max_upload_bytes: int, file_field: str = "file"
+    request: Request, model: type[M], max_upload_bytes: int, file_field: str = "file", max_fields: int = FORM_FIELDS
 ) -> tuple[M, UploadFile, FormData]:
     """Parse a multipart form holding one file field `file` and the fields of `model`.
 
@@ -110,7 +114,7 @@ async def read_upload_form(
     ClientGoneError when the client hangs up mid-upload and InsufficientStorageError when the
     disk the upload spools to is full.
     """
-    form = await read_form(request)
+    form = await read_form(request, max_fields)
     try:
         files = form.getlist(file_field)
         upload = files[0] if len(files) == 1 else None

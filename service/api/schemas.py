@@ -47,6 +47,14 @@ class WordOut(Answer):
     end: float
     word: str
     probability: float
+    speaker: str | None = Field(None, description="Who said it, with diarize.")
+
+    @classmethod
+    def of(cls, w: Any) -> WordOut:
+        extra = {"speaker": w.speaker} if w.speaker is not None else {}
+        return cls(
+            start=round(w.start, 3), end=round(w.end, 3), word=w.word, probability=round(w.probability, 4), **extra
+        )
 
 
 class SegmentOut(Answer):
@@ -58,6 +66,7 @@ class SegmentOut(Answer):
     emotion: str | None = Field(None, description="SenseVoice: the segment's emotion.")
     events: list[str] | None = Field(None, description="SenseVoice: sound events heard in the segment.")
     language: str | None = Field(None, description="SenseVoice: the segment's own language.")
+    speaker: str | None = Field(None, description="Who said it (A, B, ... or a known speaker's name), with diarize.")
     avg_logprob: float | None = Field(None, description="verbose_json only.")
     no_speech_prob: float | None = Field(None, description="verbose_json only.")
     compression_ratio: float | None = Field(None, description="verbose_json only.")
@@ -79,11 +88,14 @@ class Transcription(Answer):
     model: str
     warnings: list[str] = Field(description="E.g. a suspected hallucination, a truncated file.")
     raw_text: str | None = Field(None, description="SenseVoice's tagged output, with rich_output.")
+    speakers: list[str] | None = Field(None, description="With diarize: the speakers, in the order they first speak.")
 
     @classmethod
     def build(cls, result: Result, verbose: bool, raw_text: bool = False) -> Transcription:
         t = result.transcript
-        extra = {"raw_text": t.raw_text} if raw_text else {}
+        extra: dict[str, Any] = {"raw_text": t.raw_text} if raw_text else {}
+        if any(s.speaker is not None for s in t.segments):
+            extra["speakers"] = speakers_of(t.segments)
         return cls(
             text=t.text,
             language=t.language,
@@ -113,12 +125,11 @@ def segment_out(seg: Any, verbose: bool) -> SegmentOut:
     """One of our segments (a backends.base.Segment) as it is answered."""
     fields: dict[str, Any] = {"id": seg.id, "start": round(seg.start, 3), "end": round(seg.end, 3), "text": seg.text}
     if seg.words is not None:
-        fields["words"] = [
-            WordOut(start=round(w.start, 3), end=round(w.end, 3), word=w.word, probability=round(w.probability, 4))
-            for w in seg.words
-        ]
+        fields["words"] = [WordOut.of(w) for w in seg.words]
     if seg.emotion is not None or seg.events:
         fields.update(emotion=seg.emotion, events=seg.events, language=seg.language)
+    if seg.speaker is not None:
+        fields["speaker"] = seg.speaker
     if verbose:
         fields.update(
             avg_logprob=seg.avg_logprob,
@@ -144,11 +155,29 @@ class Usage(Answer):
         return cls(type="duration", seconds=round(result.transcript.duration, 3))
 
 
+class OpenAILogprob(Answer):
+    """One text token and its log probability, as OpenAI's `include[]=logprobs` has it."""
+
+    token: str = Field(description="The token as Whisper wrote it; a word's first token has its leading space.")
+    bytes: list[int] = Field(description="The token's UTF-8 bytes (they join into the text's).")
+    logprob: float = Field(description="Natural log of the probability the decoder gave the token (<= 0).")
+
+    @classmethod
+    def of(cls, segments: list[Any]) -> list[OpenAILogprob]:
+        """The tokens of `segments` (backends.base.Segment) in order; segments without them add none."""
+        return [
+            cls(token=lp.token, bytes=list(lp.data), logprob=lp.logprob) for s in segments for lp in s.logprobs or []
+        ]
+
+
 class OpenAITranscription(Answer):
     """OpenAI's `json` answer."""
 
     text: str
     usage: Usage
+    logprobs: list[OpenAILogprob] | None = Field(
+        None, description="With include[]=logprobs: each text token's log probability (docs/models.md)."
+    )
 
 
 class WhisperSegment(Answer):
@@ -193,6 +222,7 @@ class OpenAIWord(Answer):
     word: str
     start: float
     end: float
+    probability: float = Field(description="Ours, beyond OpenAI's fields: the mean probability of the word's tokens.")
 
 
 class OpenAIVerboseTranscription(Answer):
@@ -212,7 +242,12 @@ class OpenAIVerboseTranscription(Answer):
         extra: dict[str, Any] = {}
         if words:
             extra["words"] = [
-                OpenAIWord(word=w.word.strip(), start=round(w.start, 3), end=round(w.end, 3))
+                OpenAIWord(
+                    word=w.word.strip(),
+                    start=round(w.start, 3),
+                    end=round(w.end, 3),
+                    probability=round(w.probability, 4),
+                )
                 for s in t.segments
                 for w in s.words or []
             ]
@@ -227,13 +262,63 @@ class OpenAIVerboseTranscription(Answer):
         )
 
 
+class OpenAIDiarizedSegment(Answer):
+    """A segment of OpenAI's `diarized_json`, also the `transcript.text.segment` stream event."""
+
+    type: Literal["transcript.text.segment"] = "transcript.text.segment"
+    id: str
+    start: float
+    end: float
+    speaker: str = Field(description="A known speaker's name where a reference matched, else A, B, ...")
+    text: str
+
+    @classmethod
+    def of(cls, s: Any) -> OpenAIDiarizedSegment:
+        return cls(
+            type="transcript.text.segment",
+            id=f"seg_{s.id}",
+            start=round(s.start, 3),
+            end=round(s.end, 3),
+            speaker=s.speaker or "A",
+            text=s.text,
+        )
+
+
+class OpenAIDiarizedTranscription(Answer):
+    """OpenAI's `diarized_json` answer (its client's TranscriptionDiarized)."""
+
+    task: Literal["transcribe"] = "transcribe"
+    duration: float
+    text: str
+    segments: list[OpenAIDiarizedSegment]
+    usage: Usage
+
+    @classmethod
+    def build(cls, result: Result) -> OpenAIDiarizedTranscription:
+        t = result.transcript
+        return cls(
+            task="transcribe",
+            duration=round(t.duration, 3),
+            text=t.text,
+            segments=[OpenAIDiarizedSegment.of(s) for s in t.segments],
+            usage=Usage.of(result),
+        )
+
+
+def speakers_of(segments: Any) -> list[str]:
+    """The speakers of diarized segments, in the order they first speak."""
+    return list(dict.fromkeys(s.speaker for s in segments if s.speaker is not None))
+
+
 def openai_answer(
-    result: Result, task: Literal["transcribe", "translate"], verbose: bool, words: bool
+    result: Result, task: Literal["transcribe", "translate"], verbose: bool, words: bool, logprobs: bool = False
 ) -> OpenAITranscription | OpenAIVerboseTranscription:
-    """OpenAI's /v1/audio/transcriptions (and translations) JSON shapes."""
+    """OpenAI's /v1/audio/transcriptions (and translations) JSON shapes; `logprobs` only in `json`."""
     if verbose:
         return OpenAIVerboseTranscription.build(result, task, words)
-    return OpenAITranscription(text=result.transcript.text, usage=Usage.of(result))
+    t = result.transcript
+    extra = {"logprobs": OpenAILogprob.of(t.segments)} if logprobs else {}
+    return OpenAITranscription(text=t.text, usage=Usage.of(result), **extra)
 
 
 class ModelCard(Answer):

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from service.api import sse
 from service.api.common import UPLOAD_ERRORS, documented, form_openapi, respond
@@ -41,10 +41,35 @@ class TranscribeForm(BaseModel):
     )
     response_format: ResponseFormat = "json"
     prompt: str | None = Field(None, max_length=2000, description="Text that the audio continues (names, spelling).")
+    keywords: list[str] = Field(
+        [],
+        description="Words and names the audio may hold, to steer decoding towards (`keywords[]=a&keywords[]=b`, "
+        "or the field repeated); at most ASR_MAX_KEYWORDS of ASR_MAX_KEYWORD_CHARS characters.",
+    )
     rich_output: bool = Field(False, description="SenseVoice only: also return the raw tagged text.")
     stream: bool = Field(
         False, description="Server-sent events: a `segment` event per decoded segment, then `done` with the answer."
     )
+    diarize: bool = Field(
+        False,
+        description="Who spoke: `speaker` on every segment (and word), srt with a speaker prefix, vtt voice tags "
+        "(needs the `diarization` extra). Implied by min_speakers or max_speakers.",
+    )
+    min_speakers: int | None = Field(None, ge=1, le=32, description="With diarize: at least this many speakers.")
+    max_speakers: int | None = Field(None, ge=1, le=32, description="With diarize: at most this many speakers.")
+
+    @field_validator("max_speakers")
+    @classmethod
+    def at_least_min(cls, value: int | None, info: ValidationInfo) -> int | None:
+        low = info.data.get("min_speakers")
+        if value is not None and low is not None and value < low:
+            raise ValueError(f"max_speakers ({value}) is below min_speakers ({low})")
+        return value
+
+    @field_validator("keywords", mode="before")
+    @classmethod
+    def one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
 
 def _segment_event(segment: Segment, index: int) -> str:
@@ -68,6 +93,10 @@ def request_options(form: TranscribeForm, fine_segments: bool | None = None) -> 
         rich_output=form.rich_output,
         fine_segments=fine_segments,
         model=form.model,  # resolved by the pipeline: 404 model_not_found for a name no entry has
+        keywords=tuple(form.keywords),
+        diarize=form.diarize or form.min_speakers is not None or form.max_speakers is not None,
+        min_speakers=form.min_speakers,
+        max_speakers=form.max_speakers,
     )
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from service.api.common import FORM_OVERHEAD_BYTES, read_upload_form
+from service.api.common import FORM_FIELDS, FORM_OVERHEAD_BYTES, read_upload_form
 from service.cancellation import CLIENT_DISCONNECTED, CancelToken
 from service.decoding import EncodedAudio, RawPcm
 from service.middleware import request_state
@@ -79,7 +79,9 @@ async def read_upload(
         # for one more second so that the decoder, not the byte count, says so.
         limit = int((settings.limits.max_audio_seconds + 1) * PCM_BYTES_PER_SECOND) + FORM_OVERHEAD_BYTES
         request_state(request.scope)["body_limit"] = limit
-    fields, upload, form = await read_upload_form(request, form_model, limit, file_field)
+    # Room for every keyword a request may give, so that too many are a 422 naming `keywords`.
+    max_fields = FORM_FIELDS + settings.limits.max_keywords + 1
+    fields, upload, form = await read_upload_form(request, form_model, limit, file_field, max_fields)
     try:
         source = RawPcm(upload.file) if raw_pcm else EncodedAudio(upload.file)
         work = Work(build_options(fields), source, token=CancelToken(), mode=mode, admission_wait=admission_wait)

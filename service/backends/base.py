@@ -38,6 +38,10 @@ class Capabilities:
     segment_scores: bool = True
     # Whether live streams get partial hypotheses (re-decoding a growing turn); else whole turns only.
     partials: bool = True
+    # Whether segments can carry each text token's log probability (OpenAI's include=logprobs).
+    logprobs: bool = False
+    # Whether decoding can be steered towards given words and names (OpenAI's keywords).
+    keywords: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,10 @@ class TranscribeOptions:
     batched: bool = False
     # Beam width for this call (None: ASR_BEAM_SIZE).
     beam_size: int | None = None
+    # Fill each segment's `logprobs` (faster-whisper: from the word-alignment pass).
+    logprobs: bool = False
+    # Words and names the audio may hold, to bias decoding towards (faster-whisper's hotwords).
+    keywords: tuple[str, ...] = ()
 
 
 @dataclass
@@ -63,6 +71,21 @@ class Word:
     end: float
     word: str
     probability: float
+    # Who said it, when the request asked for speakers (service.speakers.attribution).
+    speaker: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One text token and the natural log of the probability the decoder gave it.
+
+    `token` is the token's text as Whisper wrote it (a word's first token has its leading space);
+    `data` its UTF-8 bytes, which join into the segment's text even where a character's bytes span
+    two tokens (the token's text then holds U+FFFD)."""
+
+    token: str
+    data: bytes
+    logprob: float
 
 
 @dataclass
@@ -79,11 +102,15 @@ class Segment:
     compression_ratio: float | None = None
     temperature: float | None = None
     tokens: list[int] = field(default_factory=list)
+    # With TranscribeOptions.logprobs: the segment's text tokens, in order (no timestamp tokens).
+    logprobs: list[TokenLogprob] | None = None
     # SenseVoice's rich output: one emotion and the sound events heard in the segment, and the
     # segment's own language (SenseVoice tags each stretch; speakers may switch languages).
     emotion: str | None = None
     events: list[str] = field(default_factory=list)
     language: str | None = None
+    # Who said it (A, B, ... or a known speaker's name), when the request asked for speakers.
+    speaker: str | None = None
 
 
 @dataclass

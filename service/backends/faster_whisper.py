@@ -18,8 +18,9 @@ from service.backends.base import (
     Transcript,
     Word,
 )
+from service.backends.token_scores import AlignmentRecorder, TokenScores, token_logprobs
 from service.embedded_model import embedded_model_path, is_embedded
-from service.errors import ModelLoadError
+from service.errors import BadRequestError, ModelLoadError
 from service.hardware import cpu_threads, resolve_compute_type, resolve_device, worker_count
 
 if TYPE_CHECKING:
@@ -76,6 +77,11 @@ class FasterWhisperBackend:
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"cannot load faster-whisper model {ms.model!r}: {exc}") from exc
+        # Keeps the alignment pass's token probabilities for requests that ask for logprobs.
+        self._recorder = AlignmentRecorder(self._whisper.model)
+        self._whisper.model = self._recorder
+        self._tokenizer = self._whisper.hf_tokenizer
+        self._eot = self._tokenizer.token_to_id("<|endoftext|>")
         # A thin wrapper over the same model: used per request when the pipeline asks for it.
         self._batched = ObservedBatchedPipeline(self._whisper)
         multilingual = self._whisper.model.is_multilingual
@@ -84,6 +90,8 @@ class FasterWhisperBackend:
             translate=multilingual,
             word_timestamps=True,
             batching=True,
+            logprobs=True,
+            keywords=True,
         )
 
     @staticmethod
@@ -115,50 +123,37 @@ class FasterWhisperBackend:
             "task": options.task,
             "beam_size": options.beam_size or self._decode.beam_size,
             "best_of": self._decode.best_of,
-            "word_timestamps": options.word_timestamps,
+            # Token probabilities come from the word-alignment pass (service.backends.token_scores).
+            "word_timestamps": options.word_timestamps or options.logprobs,
             "initial_prompt": options.initial_prompt,
             "condition_on_previous_text": self._decode.condition_on_previous_text,
+            "hotwords": self._hotwords(options.keywords),
         }
         if options.temperature:
             # OpenAI's semantics: 0 means "start greedy and fall back to higher temperatures
             # on failure" (the engine default); another value is used as the only one.
             kwargs["temperature"] = options.temperature
-        if options.batched:
-            # The batched pipeline needs VAD to cut the audio into chunks it can batch. It decodes
-            # without timestamp tokens (with them, WER rose from 0.064 to 0.173 on our corpus),
-            # so each segment is a whole chunk; service.resegment splits them by word timings.
-            segments, info = self._batched.transcribe(
-                audio, vad_filter=True, batch_size=self._decode.batch_size, **kwargs
-            )
-        else:
-            segments, info = self._whisper.transcribe(audio, vad_filter=options.vad_filter, **kwargs)
-        out: list[Segment] = []
-        raw_texts: list[str] = []  # Whisper puts the spaces where the language wants them
-        # segments is a generator: the work happens as it is iterated, so cancelling between
-        # segments stops the engine within one 30 s window.
-        for seg in segments:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled()
-            raw_texts.append(seg.text)
-            out.append(
-                Segment(
-                    id=len(out),
-                    start=seg.start,
-                    end=seg.end,
-                    text=seg.text.strip(),
-                    seek=int(seg.seek),
-                    words=[Word(w.start, w.end, w.word, w.probability) for w in seg.words]
-                    if seg.words is not None
-                    else None,
-                    avg_logprob=seg.avg_logprob,
-                    no_speech_prob=seg.no_speech_prob,
-                    compression_ratio=seg.compression_ratio,
-                    temperature=seg.temperature,
-                    tokens=list(seg.tokens),
+        with self._recorder.recording() as scores:
+            if options.batched:
+                # The batched pipeline needs VAD to cut the audio into chunks it can batch. It decodes
+                # without timestamp tokens (with them, WER rose from 0.064 to 0.173 on our corpus),
+                # so each segment is a whole chunk; service.resegment splits them by word timings.
+                segments, info = self._batched.transcribe(
+                    audio, vad_filter=True, batch_size=self._decode.batch_size, **kwargs
                 )
-            )
-            if on_segment is not None:
-                on_segment(out[-1])
+            else:
+                segments, info = self._whisper.transcribe(audio, vad_filter=options.vad_filter, **kwargs)
+            out: list[Segment] = []
+            raw_texts: list[str] = []  # Whisper puts the spaces where the language wants them
+            # segments is a generator: the work happens as it is iterated, so cancelling between
+            # segments stops the engine within one 30 s window.
+            for seg in segments:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
+                raw_texts.append(seg.text)
+                out.append(self._segment(seg, len(out), options, scores))
+                if on_segment is not None:
+                    on_segment(out[-1])
         return Transcript(
             text="".join(raw_texts).strip(),
             language=info.language,
@@ -166,6 +161,49 @@ class FasterWhisperBackend:
             duration=float(info.duration),
             segments=out,
         )
+
+    def _segment(self, seg: Any, index: int, options: TranscribeOptions, scores: TokenScores) -> Segment:
+        words = None
+        if options.word_timestamps and seg.words is not None:
+            words = [Word(w.start, w.end, w.word, w.probability) for w in seg.words]
+        logprobs = None
+        if options.logprobs:
+            text_tokens = [t for t in seg.tokens if t < self._eot]
+            probabilities = scores.take(text_tokens)
+            if probabilities is None:  # not seen in the alignment pass: say nothing rather than guess
+                log.warning("no alignment probabilities for segment %d's %d tokens", index, len(text_tokens))
+            else:
+                logprobs = token_logprobs(self._tokenizer, text_tokens, probabilities)
+        return Segment(
+            id=index,
+            start=seg.start,
+            end=seg.end,
+            text=seg.text.strip(),
+            seek=int(seg.seek),
+            words=words,
+            avg_logprob=seg.avg_logprob,
+            no_speech_prob=seg.no_speech_prob,
+            compression_ratio=seg.compression_ratio,
+            temperature=seg.temperature,
+            tokens=list(seg.tokens),
+            logprobs=logprobs,
+        )
+
+    def _hotwords(self, keywords: tuple[str, ...]) -> str | None:
+        """The keywords as faster-whisper's `hotwords`: one comma-separated text put before the
+        previous-text prompt of every 30 s window. Raises BadRequestError when they need more
+        tokens than the window's prompt may hold (faster-whisper would silently cut them)."""
+        if not keywords:
+            return None
+        text = ", ".join(k.strip() for k in keywords)
+        room = self._whisper.max_length // 2 - 1
+        used = len(self._tokenizer.encode(" " + text, add_special_tokens=False).ids)
+        if used > room:
+            raise BadRequestError(
+                f"the keywords take {used} tokens; {self.model} takes at most {room}: send fewer or shorter ones",
+                param="keywords",
+            )
+        return text
 
     def close(self) -> None:
         self._whisper.model.unload_model()

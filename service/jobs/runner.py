@@ -31,6 +31,7 @@ from service.languages import join_texts
 from service.metrics import JOB_STATES
 from service.pipeline import RequestOptions, Work
 from service.scheduler import Priority
+from service.speakers.linking import link_parts, relabel, stored_voices, window_voices
 from service.windowing import plan_windows, shift_segment
 
 if TYPE_CHECKING:
@@ -243,11 +244,14 @@ class JobRunner:
             raise ShuttingDownError()
         start, stop = windows[index]
         part = DecodedAudio.from_array(audio.read(start, stop))
+        if options.diarize:  # a window may hold fewer speakers than the job: its minimum is the job's
+            options = replace(options, min_speakers=None)
         outcome = await self.pipeline.transcribe(Work(options, part, priority=Priority.BATCH, token=token))
         outcome.audio.close()
         transcript = outcome.result.transcript
         offset = start / audio.sample_rate
         segments = [shift_segment(seg, seg.id, offset) for seg in transcript.segments]
+        speakers = window_voices(outcome.diarization) if outcome.diarization is not None else None
         recorded = await asyncio.to_thread(
             self.store.add_window,
             job.id,
@@ -257,6 +261,7 @@ class JobRunner:
             stop / audio.sample_rate,
             segments,
             transcript.text,
+            speakers,
         )
         if not recorded:
             token.cancel(JOB_CANCELLED)
@@ -271,11 +276,14 @@ class JobRunner:
     # ---- results ---------------------------------------------------------------------------
 
     def result(self, job: JobRecord) -> Result:
-        """The finished job as one transcript (segments renumbered across windows)."""
+        """The finished job as one transcript (segments renumbered across windows; a diarized
+        job's speakers linked across them)."""
         segments: list[Segment] = []
         texts = []
-        for _, _, window_segments, text in self.store.windows(job.id):
-            for seg in window_segments:
+        windows = self.store.windows(job.id)
+        labels = self._linked(job, [index for index, *_ in windows])
+        for index, _, window_segments, text in windows:
+            for seg in relabel(window_segments, labels.get(index, {})):
                 segments.append(replace(seg, id=len(segments)))
             texts.append(text)
         language = job.language or "unknown"
@@ -286,6 +294,17 @@ class JobRunner:
         name = next((s.backend for s in self.pipeline.models() if s.id == model), "unknown")
         elapsed = (job.finished_at or time.time()) - (job.started_at or job.created_at)
         return Result(transcript, name, model, elapsed)
+
+    def _linked(self, job: JobRecord, indices: list[int]) -> dict[int, dict[str, str]]:
+        """For a diarized job, each window's labels -> the job's, linked by voice print in window
+        order (the same answer however often the job was resumed); {} for any other job."""
+        if not job.options.get("diarize"):
+            return {}
+        stored = self.store.window_speakers(job.id)
+        parts = [stored_voices(stored.get(i, [])) for i in indices]
+        limit = job.options.get("max_speakers")
+        links = link_parts(parts, self.settings.diarization.match_threshold, limit)
+        return dict(zip(indices, links, strict=True))
 
     def payload(self, job: JobRecord) -> dict[str, Any]:
         """The webhook body: what ended, how, and where the result is."""

@@ -87,6 +87,9 @@ MIGRATIONS = (
         "jobs record the API key that submitted them",
         sql="ALTER TABLE jobs ADD COLUMN owner TEXT; CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, created_at)",
     ),
+    # A diarized window's speakers (label, voice print, seconds), so that a job's labels are linked
+    # across its windows from what is stored, however often it was resumed.
+    Step("speakers of diarized windows", add_columns={"job_windows": {"speakers": "TEXT"}}),
 )
 # Whose a job without an owner is: the one key the releases before named keys had.
 LEGACY_OWNER = "default"
@@ -244,6 +247,15 @@ class JobStore:
             ).fetchall()
         return [(r["idx"], r["start"], [_segment(s) for s in json.loads(r["segments"])], r["text"]) for r in rows]
 
+    def window_speakers(self, job_id: str) -> dict[int, list[dict[str, Any]]]:
+        """The speakers of each diarized finished window: {index: [{label, embedding, seconds}]}."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT idx, speakers FROM job_windows WHERE job_id = ? AND speakers IS NOT NULL ORDER BY idx",
+                (job_id,),
+            ).fetchall()
+        return {r["idx"]: json.loads(r["speakers"]) for r in rows}
+
     # ---- working -------------------------------------------------------------------------
 
     def claim(self, owner: str, skip: set[str]) -> JobRecord | None:
@@ -309,10 +321,18 @@ class JobStore:
             )
 
     def add_window(
-        self, job_id: str, owner: str, index: int, start: float, stop: float, segments: list[Segment], text: str
+        self,
+        job_id: str,
+        owner: str,
+        index: int,
+        start: float,
+        stop: float,
+        segments: list[Segment],
+        text: str,
+        speakers: list[dict[str, Any]] | None = None,
     ) -> bool:
-        """Record a finished window (and the audio it covered) in one transaction; False when the
-        lease was lost meanwhile (nothing recorded)."""
+        """Record a finished window (and the audio it covered) in one transaction, with its
+        speakers when it was diarized; False when the lease was lost meanwhile (nothing recorded)."""
         with self._db() as db:
             held = db.execute(
                 "UPDATE jobs SET audio_done = audio_done + ?, lease_until = ? WHERE id = ? AND lease_owner = ?"
@@ -322,10 +342,19 @@ class JobStore:
             if not held:
                 return False
             db.execute(
-                "INSERT INTO job_windows (job_id, idx, start, stop, text, segments) VALUES (?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (job_id, idx) DO UPDATE SET start = excluded.start, stop = excluded.stop,"
-                " text = excluded.text, segments = excluded.segments",
-                (job_id, index, start, stop, text, json.dumps([asdict(s) for s in segments])),
+                "INSERT INTO job_windows (job_id, idx, start, stop, text, segments, speakers)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, idx) DO UPDATE SET start = excluded.start,"
+                " stop = excluded.stop, text = excluded.text, segments = excluded.segments,"
+                " speakers = excluded.speakers",
+                (
+                    job_id,
+                    index,
+                    start,
+                    stop,
+                    text,
+                    json.dumps([asdict(s) for s in segments]),
+                    json.dumps(speakers) if speakers is not None else None,
+                ),
             )
         return True
 

@@ -19,7 +19,16 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 from pydantic_core import PydanticCustomError
 
 from service.streaming.audio_in import PCM_RATES
@@ -34,6 +43,9 @@ FORMATS = ("audio/pcm", "audio/pcmu", "audio/pcma")
 MAX_EVENT_ID = 256
 MAX_PROMPT = 2000  # characters, as the HTTP form's `prompt`
 MAX_MODEL = 256  # as the HTTP form's `model`
+# The one `include` value OpenAI's transcription session defines (service.streaming.logprobs).
+INCLUDE_LOGPROBS = "item.input_audio_transcription.logprobs"
+Include = Literal["item.input_audio_transcription.logprobs"]
 # Transcription models that have no server turn detection (openai.types.realtime: "for
 # gpt-realtime-whisper, turn detection must be null"; gpt-live-transcribe clients commit
 # themselves too): a client naming one and leaving turn_detection out commits its own turns.
@@ -106,6 +118,18 @@ class Transcription(_Model):
     model: str | None = Field(None, max_length=MAX_MODEL)
     language: str | None = Field(None, max_length=32)
     prompt: str | None = Field(None, max_length=MAX_PROMPT)
+    # Checked against ASR_MAX_KEYWORDS / ASR_MAX_KEYWORD_CHARS by the pipeline, as over HTTP.
+    keywords: list[str] | None = None
+    # Ours: each completed turn names its speaker (A, B, ...), matched across the session's turns.
+    speakers: bool | None = None
+
+    @model_serializer(mode="wrap")
+    def _shown(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # OpenAI's fields as they are; ours only when the client set it.
+        body: dict[str, Any] = handler(self)
+        if body.get("speakers") is None:
+            body.pop("speakers", None)
+        return body
 
 
 class ServerVad(_Model):
@@ -142,6 +166,7 @@ class SessionConfig(_Model):
 
     type: Literal["transcription"] = "transcription"
     id: str
+    include: list[Include] | None = None
     audio: SessionAudio = Field(default_factory=SessionAudio)
 
     @property
@@ -159,9 +184,12 @@ class SessionConfig(_Model):
         the transcription model and leaves turn_detection out also sets the model's default:
         none for CLIENT_TURN_MODELS, server VAD for the others.
         """
+        top: dict[str, Any] = {}
+        if "include" in update.model_fields_set:
+            top["include"] = update.include or None  # [] and null both mean none
         given = update.audio.input if update.audio is not None and update.audio.input is not None else None
         if given is None:
-            return self.model_copy(deep=True)
+            return self.model_copy(update=top, deep=True)
         current = self.input
         fields = given.model_fields_set
         changed: dict[str, Any] = {}
@@ -176,7 +204,7 @@ class SessionConfig(_Model):
         if "turn_detection" in fields:
             changed["turn_detection"] = given.turn_detection.resolved() if given.turn_detection else None
         audio_input = current.model_copy(update=changed, deep=True)
-        return self.model_copy(update={"audio": SessionAudio(input=audio_input)}, deep=True)
+        return self.model_copy(update={"audio": SessionAudio(input=audio_input), **top}, deep=True)
 
 
 # ---- client events ------------------------------------------------------------------------------
@@ -186,7 +214,6 @@ class TranscriptionUpdate(Transcription):
     delay: Annotated[None, _refused("`delay` is for gpt-realtime-whisper; the served model has no delay setting")] = (
         None
     )
-    keywords: Annotated[None, _refused("`keywords` are not offered; put them in `prompt`")] = None
     languages: Annotated[None, _refused("a list of `languages` is not offered; name one `language`")] = None
 
 
@@ -242,9 +269,7 @@ class SessionAudioUpdate(_Model):
 class SessionUpdate(_Model):
     type: Literal["transcription"] = "transcription"
     audio: SessionAudioUpdate | None = None
-    include: Annotated[
-        None, _refused("logprobs are not returned yet (item.input_audio_transcription.logprobs): leave it out")
-    ] = None
+    include: list[Include] | None = None
 
 
 class _Event(_Model):
@@ -341,6 +366,8 @@ def _describe(kind: str, error: ErrorDetails) -> tuple[str, str, str | None]:
         return "invalid_event", detail, param
     if len(loc) == 1:
         return "invalid_session", "session.update carries a `session` object", "session"
+    if loc[1] == "include":
+        return "invalid_include", f'include is null or a list of "{INCLUDE_LOGPROBS}"', "session.include"
     if loc[1] == "type":
         only = "only transcription sessions are served (connect with ?intent=transcription)"
         return "unsupported_session", only, None

@@ -8,7 +8,11 @@ audio), `.commit`, `.clear`. Server events: `session.created` / `session.updated
 `conversation.item.input_audio_transcription.delta` (partial text while the speaker talks, only
 words two consecutive hypotheses agree on, never taken back), `.completed` (the turn's final text,
 with usage; SenseVoice adds its emotion and events) or `.failed`, and `error` for anything the
-client got wrong (the session goes on).
+client got wrong (the session goes on). With the session's `include` of
+item.input_audio_transcription.logprobs, deltas and `completed` carry their tokens' `logprobs`
+(service.streaming.logprobs); `transcription.keywords` steer every decode. Ours: with
+`audio.input.transcription.speakers: true`, each `.completed` turn has a `speaker` (A, B, ...): its
+main voice, matched against the voices heard so far in the session.
 
 Turns come from server VAD (Silero, service.streaming.vad; `semantic_vad` is served by it too,
 with a silence length from its eagerness) or, with `turn_detection: null`, from the client's
@@ -42,6 +46,7 @@ from service.errors import ModelNotFoundError, ServiceError
 from service.languages import normalize_language
 from service.pipeline import RequestOptions, Work
 from service.scheduler import Preempted, Priority
+from service.speakers.linking import Roster, Voice
 from service.streaming.audio_in import AudioInput, BadAudioError
 from service.streaming.buffer import InputBuffer
 from service.streaming.events import (
@@ -52,10 +57,10 @@ from service.streaming.events import (
     SessionConfig,
     SessionUpdate,
     SessionUpdateEvent,
-    Transcription,
     format_rate,
     parse_event,
 )
+from service.streaming.logprobs import all_logprobs, word_logprobs
 from service.streaming.stabilizer import Stabilizer
 from service.streaming.vad import WINDOW, StreamingVad, VadEvent
 
@@ -65,6 +70,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
+    from service.backends.base import Transcript
     from service.config import StreamSettings
     from service.metrics import Metrics
     from service.outcome import Outcome
@@ -119,7 +125,7 @@ class RealtimeSession:
         backend = pipeline.model()
         self._partials = backend.capabilities.partials
         self.config = SessionConfig(id=self.id)
-        self.config.input.transcription.model = backend.model
+        self.config.input.transcription.model = pipeline.resolve_model(None)  # the default entry's id
         self._input = AudioInput("audio/pcm", 24_000)
         self._vad: StreamingVad | None = self._make_vad()
         self._buffer = InputBuffer()
@@ -133,6 +139,7 @@ class RealtimeSession:
         self._tokens: set[CancelToken] = set()
         self._overflow_reported = False
         self._background: set[asyncio.Task[Any]] = set()
+        self._voices: Roster | None = None  # the speakers heard so far, with transcription.speakers
         self.closed = False
 
     # ---- the protocol -------------------------------------------------------------------
@@ -215,15 +222,16 @@ class RealtimeSession:
         config = self.config.updated(update, default_detection=not self._detection_chosen)
         given = update.audio.input if update.audio is not None else None
         fields = given.model_fields_set if given is not None else set()
-        if "transcription" in fields:
+        if "transcription" in fields or config.include != self.config.include:
             try:
-                self.pipeline.check_options(self._options(config.input.transcription))
+                self.pipeline.check_options(self._options(config))
             except ModelNotFoundError as exc:
                 raise ClientEventError(exc.code, exc.message, "session.audio.input.transcription.model") from None
             except ServiceError as exc:
-                raise ClientEventError(
-                    "invalid_transcription", exc.message, "session.audio.input.transcription"
-                ) from None
+                if exc.param == "include":  # an engine without token scores
+                    raise ClientEventError(exc.code, exc.message, "session.include") from None
+                where = "session.audio.input.transcription" + (".keywords" if exc.param == "keywords" else "")
+                raise ClientEventError("invalid_transcription", exc.message, where) from None
         detection_changed = config.input.turn_detection != self.config.input.turn_detection
         self.config = config
         self._detection_chosen = self._detection_chosen or "turn_detection" in fields
@@ -246,7 +254,8 @@ class RealtimeSession:
             self.settings.stream_max_turn_seconds,
         )
 
-    def _options(self, transcription: Transcription, partial: bool = False) -> RequestOptions:
+    def _options(self, config: SessionConfig, partial: bool = False) -> RequestOptions:
+        transcription = config.input.transcription
         language = transcription.language
         return RequestOptions(
             language=normalize_language(language) if language is not None else None,
@@ -254,6 +263,10 @@ class RealtimeSession:
             beam_size=(self.settings.stream_partial_beam_size or None) if partial else None,
             # The session's model by id or alias (service.models); turns keep to it.
             model=transcription.model,
+            keywords=tuple(transcription.keywords or ()),
+            logprobs=bool(config.include),
+            # Ours: who spoke each completed turn (`transcription.speakers: true`); partials never.
+            diarize=bool(transcription.speakers) and not partial,
         )
 
     # ---- audio --------------------------------------------------------------------------
@@ -401,7 +414,7 @@ class RealtimeSession:
         token = CancelToken()
         self._tokens.add(token)
         work = Work(
-            self._options(self.config.input.transcription, partial=True),
+            self._options(self.config, partial=True),
             DecodedAudio.from_array(audio),
             priority=Priority.STREAM,
             token=token,
@@ -417,13 +430,19 @@ class RealtimeSession:
         outcome.audio.close()
         if turn.final or self.closed:
             return
-        delta = turn.stabilizer.update(outcome.result.transcript.text)
+        transcript = outcome.result.transcript
+        sent = len(turn.stabilizer.sent)
+        delta = turn.stabilizer.update(transcript.text)
         if delta:
             if not turn.first_partial_sent:
                 turn.first_partial_sent = True
                 self.metrics.stream_first_partial.observe(time.monotonic() - turn.speech_started_at)
             await self._send(
-                "conversation.item.input_audio_transcription.delta", item_id=turn.item_id, content_index=0, delta=delta
+                "conversation.item.input_audio_transcription.delta",
+                item_id=turn.item_id,
+                content_index=0,
+                delta=delta,
+                **self._delta_logprobs(transcript, sent, len(turn.stabilizer.sent)),
             )
 
     async def _finalise_turns(self) -> None:
@@ -439,7 +458,7 @@ class RealtimeSession:
         token = CancelToken()
         self._tokens.add(token)
         work = Work(
-            self._options(self.config.input.transcription),
+            self._options(self.config),
             DecodedAudio.from_array(audio),
             token=token,
             admission_wait=self.settings.stream_final_wait_seconds,
@@ -455,12 +474,17 @@ class RealtimeSession:
         finally:
             self._tokens.discard(token)
         transcript = outcome.result.transcript
+        sent = len(turn.stabilizer.sent)
         rest, revised = turn.stabilizer.finish(transcript.text)
         if revised:
             self.metrics.stream_revisions.inc()
         elif rest:
             await self._send(
-                "conversation.item.input_audio_transcription.delta", item_id=turn.item_id, content_index=0, delta=rest
+                "conversation.item.input_audio_transcription.delta",
+                item_id=turn.item_id,
+                content_index=0,
+                delta=rest,
+                **self._delta_logprobs(transcript, sent, len(turn.stabilizer.sent)),
             )
         await self._send(
             "conversation.item.input_audio_transcription.completed",
@@ -468,10 +492,26 @@ class RealtimeSession:
             content_index=0,
             transcript=transcript.text,
             usage={"type": "duration", "seconds": round(transcript.duration, 3)},
+            **({"logprobs": all_logprobs(transcript)} if self.config.include else {}),
             **_extras(outcome),
+            **self._speaker_of(outcome),
         )
         self.metrics.stream_finalisation.observe(time.monotonic() - speech_end)
         self._in_background(self.pipeline.keep_sample(outcome, turn.item_id))
+
+    def _delta_logprobs(self, transcript: Transcript, first: int, stop: int) -> dict[str, Any]:
+        """A delta's `logprobs` (the tokens of its words, `first` to `stop`) when the session includes them."""
+        return {"logprobs": word_logprobs(transcript, first, stop)} if self.config.include else {}
+
+    def _speaker_of(self, outcome: Outcome) -> dict[str, Any]:
+        """`speaker`: the turn's main voice, matched against the voices this session heard so far."""
+        diarization = outcome.diarization
+        if diarization is None or not diarization.speakers:
+            return {}
+        if self._voices is None:
+            self._voices = Roster(self.pipeline.settings.diarization.match_threshold)
+        main = max(diarization.speakers, key=lambda s: s.seconds)
+        return {"speaker": self._voices.add([Voice(main.label, main.embedding, main.seconds)])[main.label]}
 
     def _in_background(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
