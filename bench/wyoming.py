@@ -9,7 +9,8 @@ PyPI (`pip install wyoming-faster-whisper` in a venv of its own: --peer-python),
 with --cpu-threads equal to the cores, ours its default of one single-threaded worker per core.
 Clients are the protocol library's own (bench/wyoming_client.py), as Home Assistant is one:
 `transcribe` (en), then each utterance as 16 kHz 16-bit mono in 20 ms chunks paced in real time,
-and audio-stop. Utterances are espeak-ng speech of 2-8 s (commands, sentences, pairs of them),
+and audio-stop. Utterances are espeak-ng speech of 2-8 s (commands, sentences, pairs of them), with
+espeak-ng's own 0.43 s of trailing silence trimmed to 50 ms (trim_tail), then
 followed by the 0.7 s of silence Home Assistant's VAD waits for before it stops (its default), and
 again with none (the stop right at the end of the speech, where no early decode can help). At 1
 and 4 concurrent clients (staggered), measured by the clients: latency from audio-stop to the
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from bench import inputs
 from bench.common import RESULTS, markdown_table, write_report
@@ -54,6 +56,7 @@ UTTERANCES = [
     f"{inputs.SENTENCES[0]} {inputs.SENTENCES[1]}",
     f"{inputs.STORY[4]} Then turn off the lights.",
 ]
+PEER = "wyoming-faster-whisper"
 HA_SILENCE_SECONDS = 0.7  # Home Assistant's default end-of-command silence (VAD sensitivity "default")
 BEAM = 5
 COMPUTE_TYPE = "int8"
@@ -66,15 +69,26 @@ def free_port() -> int:
 
 
 def speech(folder: Path) -> list[tuple[str, Pcm]]:
-    """Each utterance as 16 kHz 16-bit mono (espeak-ng at 140 wpm, resampled by sox)."""
+    """Each utterance as 16 kHz 16-bit mono (espeak-ng at 140 wpm, resampled by sox), its trailing
+    silence trimmed (trim_tail)."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i, text in enumerate(UTTERANCES):
         wav, raw = folder / f"u{i}.wav", folder / f"u{i}.raw"
         subprocess.run(["espeak-ng", "-v", "en-us", "-s", "140", "-w", str(wav), text], check=True)
         subprocess.run(["sox", str(wav), "-r", "16000", "-c", "1", "-b", "16", "-t", "raw", str(raw)], check=True)
-        out.append((text, Pcm(raw.read_bytes(), 16_000)))
+        out.append((text, Pcm(trim_tail(raw.read_bytes()), 16_000)))
     return out
+
+
+def trim_tail(pcm16: bytes, keep_seconds: float = 0.05) -> bytes:
+    """16-bit mono PCM without espeak-ng's trailing silence (it ends every file with ~0.43 s),
+    `keep_seconds` after the last sample above -40 dBFS: so that a trailing silence of 0 s means
+    the stop right at the speech's end, and 0.7 s means Home Assistant's wait and no more."""
+    samples = np.frombuffer(pcm16, np.int16)
+    loud = np.nonzero(np.abs(samples) > 328)[0]
+    end = min(samples.size, int(loud[-1]) + 1 + int(keep_seconds * 16_000)) if loud.size else samples.size
+    return samples[:end].tobytes()
 
 
 def wait_port(port: int, process: subprocess.Popen[bytes], seconds: float = 300) -> None:
@@ -105,6 +119,7 @@ def running(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 @contextlib.contextmanager
 def ours(model: str, tmp: Path, extra: dict[str, str]) -> Iterator[int]:
+    tmp.mkdir(parents=True, exist_ok=True)
     http, port = free_port(), free_port()
     env = {
         **os.environ,
@@ -194,9 +209,19 @@ def main() -> None:
     parser.add_argument("--model", default="embedded:base")
     parser.add_argument("--quick", action="store_true", help="half the utterances")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for our server (experiments)")
+    parser.add_argument(
+        "--tuned",
+        action="append",
+        default=None,
+        help="KEY=VALUE for a second server of ours beside the default one (default: ASR_CPU_THREADS=<cores>); "
+        "--tuned '' for none",
+    )
     parser.add_argument("--levels", default="1,4", help="concurrent clients, comma-separated")
     parser.add_argument("--silences", default=f"{HA_SILENCE_SECONDS},0", help="trailing silences, comma-separated")
     args = parser.parse_args()
+    args.tuned = [
+        t for t in (args.tuned if args.tuned is not None else [f"ASR_CPU_THREADS={os.cpu_count() or 1}"]) if t
+    ]
     extra = dict(item.split("=", 1) for item in args.env)
     levels = tuple(int(x) for x in args.levels.split(","))
     silences = tuple(float(x) for x in args.silences.split(","))
@@ -207,33 +232,43 @@ def main() -> None:
     if args.quick:
         audio = audio[::2]
     rows: list[dict[str, Any]] = []
-    with ours(args.model, tmp, extra) as our_port, peer(args.peer_python, model_dir, tmp) as peer_port:
-        servers = {"asr-service": our_port, "wyoming-faster-whisper": peer_port}
+    tuned = dict(item.split("=", 1) for item in args.tuned)
+    variants = {"asr-service": extra}
+    if tuned:
+        variants[f"asr-service {' '.join(args.tuned)}"] = {**extra, **tuned}
+    with contextlib.ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(ours(args.model, tmp / f"ours{i}", env))
+            for i, (name, env) in enumerate(variants.items())
+        }
+        servers[PEER] = stack.enter_context(peer(args.peer_python, model_dir, tmp))
         for port in servers.values():
             asyncio.run(warm(port, audio))
+        for step, (silence, clients) in enumerate((s, c) for s in silences for c in levels):
+            # One server after the other for each condition, the order rotated over the conditions.
+            order = list(servers.items())
+            order = order[step % len(order) :] + order[: step % len(order)]
+            for name, port in order:
+                result = asyncio.run(level(port, audio, clients, silence))
+                row = {"server": name, "clients": clients, "trailing_silence_s": silence, **result}
+                print(row, flush=True)
+                rows.append(row)
+    ratios = []
+    for name in variants:
         for silence in silences:
             for clients in levels:
-                # One server after the other for each condition, in both orders over the conditions.
-                order = list(servers.items()) if (clients == 1) == (silence > 0) else list(servers.items())[::-1]
-                for name, port in order:
-                    result = asyncio.run(level(port, audio, clients, silence))
-                    row = {"server": name, "clients": clients, "trailing_silence_s": silence, **result}
-                    print(row, flush=True)
-                    rows.append(row)
-    ratios = []
-    for silence in silences:
-        for clients in levels:
-            a, b = (find(rows, server, clients, silence) for server in servers)
-            ratios.append(
-                {
-                    "clients": clients,
-                    "trailing_silence_s": silence,
-                    "p50_ratio": round(a["latency_p50_s"] / b["latency_p50_s"], 3),
-                    "mean_ratio": round(a["latency_mean_s"] / b["latency_mean_s"], 3),
-                    "wer_ours": a["wer"],
-                    "wer_peer": b["wer"],
-                }
-            )
+                a, b = find(rows, name, clients, silence), find(rows, PEER, clients, silence)
+                ratios.append(
+                    {
+                        "server": name,
+                        "clients": clients,
+                        "trailing_silence_s": silence,
+                        "p50_ratio": round(a["latency_p50_s"] / b["latency_p50_s"], 3),
+                        "mean_ratio": round(a["latency_mean_s"] / b["latency_mean_s"], 3),
+                        "wer_ours": a["wer"],
+                        "wer_peer": b["wer"],
+                    }
+                )
     peer_version = subprocess.run(
         [args.peer_python, "-c", "import importlib.metadata as m; print(m.version('wyoming-faster-whisper'))"],
         capture_output=True,
@@ -245,7 +280,7 @@ def main() -> None:
         "beam_size": BEAM,
         "compute_type": COMPUTE_TYPE,
         "peer": f"wyoming-faster-whisper {peer_version}, --cpu-threads {os.cpu_count()}",
-        "our_settings": extra,
+        "our_settings": variants,
         "utterances": [{"text": t, "seconds": round(p.seconds, 2)} for t, p in audio],
         "rows": rows,
         "ratios": ratios,
@@ -256,12 +291,15 @@ def main() -> None:
     md = (
         "# Wyoming: asr-service against wyoming-faster-whisper\n\n"
         f"Same model directory ({args.model}), beam {BEAM}, compute type {COMPUTE_TYPE}; the peer is "
-        f"{data['peer']}, ours its default workers. {len(audio)} espeak-ng utterances of "
+        f"{data['peer']}, ours its default workers (one single-threaded worker per core) and, where named, "
+        "with the settings named. {len(audio)} espeak-ng utterances of "
         f"{min(seconds):.1f}-{max(seconds):.1f} s, 16 kHz 16-bit mono in 20 ms chunks in real time; latency is "
         "audio-stop to `transcript`, measured by the client; at 4 clients each client sends half of them, rotated.\n\n"
         + markdown_table(rows, columns)
         + "\nOurs over the peer's (below 1: ours answers sooner):\n\n"
-        + markdown_table(ratios, ["clients", "trailing_silence_s", "p50_ratio", "mean_ratio", "wer_ours", "wer_peer"])
+        + markdown_table(
+            ratios, ["server", "clients", "trailing_silence_s", "p50_ratio", "mean_ratio", "wer_ours", "wer_peer"]
+        )
     )
     print(write_report("wyoming", data, md))
 

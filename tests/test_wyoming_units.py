@@ -98,3 +98,16 @@ def test_resampling_keeps_length_and_pitch_across_chunks() -> None:
 def test_a_chunk_of_part_of_a_frame_is_refused() -> None:
     with pytest.raises(FormatError):
         Converter(AudioFormat(16_000, 2, 2)).convert(b"\0" * 6)
+
+
+def test_the_bench_trims_espeaks_trailing_silence_so_that_none_means_none() -> None:
+    from bench.wyoming import trim_tail
+
+    rate = 16_000
+    tone = (0.5 * 32767 * np.sin(np.arange(rate) * 2 * np.pi * 440 / rate)).astype(np.int16)
+    tail = np.zeros(int(0.43 * rate), np.int16)  # espeak-ng's own, after every utterance
+    trimmed = np.frombuffer(trim_tail(np.concatenate([tone, tail]).tobytes()), np.int16)
+    loud = np.nonzero(np.abs(tone) > 328)[0][-1] + 1
+    assert trimmed.size == loud + int(0.05 * rate)  # the speech, and 50 ms after it
+    assert np.array_equal(trimmed[:loud], tone[:loud])
+    assert trim_tail(tail.tobytes()) == tail.tobytes()  # nothing loud: left as it is
