@@ -292,7 +292,7 @@ def main() -> None:
         "# Wyoming: asr-service against wyoming-faster-whisper\n\n"
         f"Same model directory ({args.model}), beam {BEAM}, compute type {COMPUTE_TYPE}; the peer is "
         f"{data['peer']}, ours its default workers (one single-threaded worker per core) and, where named, "
-        "with the settings named. {len(audio)} espeak-ng utterances of "
+        f"with the settings named. {len(audio)} espeak-ng utterances of "
         f"{min(seconds):.1f}-{max(seconds):.1f} s, 16 kHz 16-bit mono in 20 ms chunks in real time; latency is "
         "audio-stop to `transcript`, measured by the client; at 4 clients each client sends half of them, rotated.\n\n"
         + markdown_table(rows, columns)

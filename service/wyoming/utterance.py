@@ -18,8 +18,8 @@ sent (`transcript-chunk`), never taken back. The final is `transcript`, the trut
 not begin with what was sent, that is a revision, counted. Unlike the Realtime session's, these
 partials are shed under load: they run on spare capacity (IDLE priority) and only while this
 server has no more utterances in progress than workers - 1, since what Home Assistant waits for
-is the final (bench/results/wyoming.md: at 4 clients, partials at STREAM priority held a worker
-for good, and the finals came 3.7 s after audio-stop instead of 0.7 s).
+is the final (measured with bench/wyoming.py while building it: at 4 clients, partials at STREAM
+priority held a worker for good, and the finals came 3.7 s after audio-stop instead of 0.7 s).
 """
 
 from __future__ import annotations
