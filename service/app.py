@@ -44,6 +44,7 @@ from service.quality.shadow import ShadowScorer
 from service.quality.store import SampleStore
 from service.streaming.hub import StreamHub
 from service.ui import router as console
+from service.wyoming.server import WyomingServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -99,6 +100,9 @@ def create_app(
     # Beside the job table, so that every process and replica redeems what any of them minted.
     secrets = ClientSecretStore(job_store.database)
     shadow = _shadow_scorer(settings, store, pipeline, metrics)
+    hub = StreamHub(settings.streams.max_streams, metrics, lifecycle)
+    # Home Assistant's protocol on its own port, on the same pipeline and stream limit (ASR_WYOMING_PORT).
+    wyoming = WyomingServer(settings, pipeline, metrics, hub) if settings.wyoming.port is not None else None
     if restore_counters is None:
         restore_counters = not metrics.multiprocess
 
@@ -118,9 +122,13 @@ def create_app(
         if shadow is not None:
             tasks.append(asyncio.create_task(shadow.run_forever(settings.shadow.interval_seconds), name="shadow"))
         try:
+            if wyoming is not None:
+                await wyoming.start()  # inside: a port already taken still stops what started before
             yield
         finally:
             lifecycle.restore_signal_handlers()
+            if wyoming is not None:
+                await wyoming.stop()
             for task in tasks:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -149,7 +157,7 @@ def create_app(
     app.state.keys = keys
     app.state.key_usage = key_usage
     app.state.client_secrets = secrets
-    app.state.streams = StreamHub(settings.streams.max_streams, metrics, lifecycle)
+    app.state.streams = hub
     app.state.connections = connections
 
     app.include_router(health.router)

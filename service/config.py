@@ -383,7 +383,11 @@ class StreamSettings(BaseSettings):
     model_config = _config("ASR_")
 
     max_streams: int = Field(
-        8, ge=0, le=1000, description="Live streams per process at once; one more gets an error event and close 1013."
+        8,
+        ge=0,
+        le=1000,
+        description="Live streams per process at once: Realtime WebSocket sessions and Wyoming connections together; "
+        "one more gets an error event (and close 1013 on the WebSocket).",
     )
     stream_idle_seconds: float = Field(30.0, gt=0, description="A stream that sends nothing for this long is closed.")
     stream_max_seconds: float = Field(3600.0, gt=0, description="The longest a stream may stay connected.")
@@ -471,6 +475,54 @@ class StreamSettings(BaseSettings):
         description="A client that reads nothing for this long while events wait for it is closed "
         "(slow consumer), as is one with more than 1 MiB of events waiting.",
     )
+
+
+class WyomingSettings(BaseSettings):
+    """The Wyoming speech-to-text server for Home Assistant (service.wyoming; docs/wyoming.md)."""
+
+    model_config = _config("ASR_WYOMING_")
+
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Serve Wyoming on this TCP port (10300 by convention); unset: off."
+    )
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the Wyoming server binds to. Wyoming has no authentication: expose it only to a "
+        "trusted network (Home Assistant's host).",
+    )
+    streaming: bool = Field(
+        True,
+        description="Send transcript-start / -chunk / -stop while audio arrives to clients of wyoming 1.7 or later; "
+        "false: plain transcripts only.",
+    )
+    speculate_silence_ms: int = Field(
+        300,
+        ge=0,
+        le=2000,
+        description="Silence after speech (server VAD) that starts the final decode before the client's "
+        "audio-stop, kept if no speech follows; 0: decode only after audio-stop.",
+    )
+    max_utterance_seconds: float = Field(
+        60.0, gt=0, le=600, description="Longest utterance accepted; more audio gets an error event."
+    )
+    max_utterance_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="Most audio bytes one utterance may carry; more gets an error event."
+    )
+    max_event_bytes: int = Field(
+        1024 * 1024, ge=65536, description="Largest event (header, data and payload) read; larger ends the connection."
+    )
+    idle_seconds: float = Field(
+        30.0, gt=0, description="A connection that sends nothing for this long, with no answer owed, is closed."
+    )
+    send_timeout_seconds: float = Field(
+        10.0, gt=0, description="A client that takes longer to take one event is closed (slow consumer)."
+    )
+    zeroconf: bool = Field(
+        False,
+        description="Announce the server as _wyoming._tcp over mDNS (the `zeroconf` extra) so that Home Assistant "
+        "discovers it.",
+    )
+    zeroconf_name: str = Field("asr-service", min_length=1, max_length=63, description="The announced service name.")
 
 
 class JobSettings(BaseSettings):
@@ -614,6 +666,7 @@ class Settings(BaseModel):
     quality: QualitySettings = Field(default_factory=QualitySettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     streams: StreamSettings = Field(default_factory=StreamSettings)
+    wyoming: WyomingSettings = Field(default_factory=WyomingSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -94,6 +95,17 @@ SKIP_REASONS = ("missing_audio", "damaged_audio", "missing_record")
 STREAM_EVENT_REJECTIONS = ("invalid", "unsupported", "rate_limited", "turns_pending")
 STREAM_CLOSE_REASONS = ("client", "idle_timeout", "too_long", "slow_consumer", "shutting_down", "key_limit")
 STREAM_DROP_REASONS = ("buffer_full", "turns_pending")
+# The entry points that serve live streams: the `entrypoint` label of the asr_stream(s)_* families.
+ENTRYPOINTS = ("realtime", "wyoming")
+# Wyoming (service.wyoming): a refused event is malformed (invalid), asks for what is not offered
+# (unsupported: an audio format, a model, a language), or is past an utterance's caps (too_large);
+# a connection also ends on a frame it cannot read (invalid).
+WYOMING_EVENT_REJECTIONS = ("invalid", "unsupported", "too_large", "turns_pending")
+WYOMING_CLOSE_REASONS = ("client", "idle_timeout", "too_long", "slow_consumer", "shutting_down", "invalid")
+STREAM_REASONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "realtime": {"dropped": STREAM_DROP_REASONS, "rejected": STREAM_EVENT_REJECTIONS, "closed": STREAM_CLOSE_REASONS},
+    "wyoming": {"dropped": (), "rejected": WYOMING_EVENT_REJECTIONS, "closed": WYOMING_CLOSE_REASONS},
+}
 # Diarization of one request or job window: a fraction of a second to minutes for hours of audio.
 DIARIZATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 SPEAKER_COUNT_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 16, 32)
@@ -103,6 +115,57 @@ CONNECTION_CLOSE_REASONS = ("connection_limit", "evicted_idle", "header_timeout"
 
 _MODEL_LABELS = ("backend", "model")
 _LANG_LABELS = ("backend", "model", "language")
+
+
+class ByReason:
+    """A family labelled (entrypoint, reason) with its entry point given: `.labels(reason)`."""
+
+    def __init__(self, family: Counter, entrypoint: str) -> None:
+        self._family = family
+        self._entrypoint = entrypoint
+
+    def labels(self, reason: str) -> Counter:
+        return self._family.labels(self._entrypoint, reason)
+
+
+@dataclass(frozen=True)
+class StreamMetrics:
+    """One entry point's live-stream metrics (its `entrypoint` label given)."""
+
+    active: Gauge
+    audio: Counter
+    first_partial: Histogram
+    finalisation: Histogram
+    revisions: Counter
+    dropped: ByReason
+    rejected: ByReason
+    closed: ByReason
+
+
+@dataclass(frozen=True)
+class StreamFamilies:
+    """The asr_stream(s)_* families, shared by every entry point."""
+
+    active: Gauge
+    audio: Counter
+    first_partial: Histogram
+    finalisation: Histogram
+    revisions: Counter
+    dropped: Counter
+    rejected: Counter
+    closed: Counter
+
+    def view(self, entrypoint: str) -> StreamMetrics:
+        return StreamMetrics(
+            self.active.labels(entrypoint),
+            self.audio.labels(entrypoint),
+            self.first_partial.labels(entrypoint),
+            self.finalisation.labels(entrypoint),
+            self.revisions.labels(entrypoint),
+            ByReason(self.dropped, entrypoint),
+            ByReason(self.rejected, entrypoint),
+            ByReason(self.closed, entrypoint),
+        )
 
 
 class Metrics:
@@ -384,53 +447,73 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self.streams_active = Gauge(
-            "asr_streams_active",
-            "Live transcription streams (Realtime WebSocket sessions) open now.",
-            registry=r,
-            multiprocess_mode="livesum",
+        # Live streams of every entry point (ENTRYPOINTS) share these families, told apart by the
+        # `entrypoint` label; each entry point records through its own view (`stream(entrypoint)`).
+        families = StreamFamilies(
+            active=Gauge(
+                "asr_streams_active",
+                "Live transcription streams open now: Realtime WebSocket sessions, Wyoming connections.",
+                ["entrypoint"],
+                registry=r,
+                multiprocess_mode="livesum",
+            ),
+            audio=Counter(
+                "asr_stream_audio_seconds",
+                "Seconds of live audio received from streams.",
+                ["entrypoint"],
+                registry=r,
+            ),
+            first_partial=Histogram(
+                "asr_stream_first_partial_seconds",
+                "From the start of a turn's speech to its first partial text sent.",
+                ["entrypoint"],
+                buckets=STREAM_LATENCY_BUCKETS,
+                registry=r,
+            ),
+            finalisation=Histogram(
+                "asr_stream_finalisation_seconds",
+                "From the end of a turn's speech (its commit; Wyoming: audio-stop) to its final transcript sent.",
+                ["entrypoint"],
+                buckets=STREAM_LATENCY_BUCKETS,
+                registry=r,
+            ),
+            revisions=Counter(
+                "asr_stream_partial_revisions",
+                "Turns whose final transcript did not begin with the partial text already sent.",
+                ["entrypoint"],
+                registry=r,
+            ),
+            dropped=Counter(
+                "asr_stream_audio_dropped_seconds",
+                "Live audio dropped, by reason (buffer_full: held past ASR_STREAM_MAX_BUFFER_SECONDS without a "
+                "commit; turns_pending: a VAD turn past ASR_STREAM_MAX_PENDING_TURNS).",
+                ["entrypoint", "reason"],
+                registry=r,
+            ),
+            rejected=Counter(
+                "asr_stream_events_rejected",
+                "Client events of live streams answered with an error event, by reason.",
+                ["entrypoint", "reason"],
+                registry=r,
+            ),
+            closed=Counter(
+                "asr_streams_closed",
+                "Live streams ended, by reason (client: the client closed or left; slow_consumer: it stopped reading).",
+                ["entrypoint", "reason"],
+                registry=r,
+            ),
         )
-        self.stream_audio = Counter(
-            "asr_stream_audio_seconds",
-            "Seconds of live audio received from streams.",
-            registry=r,
-        )
-        self.stream_first_partial = Histogram(
-            "asr_stream_first_partial_seconds",
-            "From the start of a turn's speech to its first partial text sent.",
-            buckets=STREAM_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.stream_finalisation = Histogram(
-            "asr_stream_finalisation_seconds",
-            "From the end of a turn's speech (or its commit) to its completed transcript sent.",
-            buckets=STREAM_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.stream_revisions = Counter(
-            "asr_stream_partial_revisions",
-            "Turns whose final transcript did not begin with the partial text already sent.",
-            registry=r,
-        )
-        self.stream_dropped_audio = Counter(
-            "asr_stream_audio_dropped_seconds",
-            "Live audio dropped, by reason (buffer_full: held past ASR_STREAM_MAX_BUFFER_SECONDS without a commit; "
-            "turns_pending: a VAD turn past ASR_STREAM_MAX_PENDING_TURNS).",
-            ["reason"],
-            registry=r,
-        )
-        self.stream_events_rejected = Counter(
-            "asr_stream_events_rejected",
-            "Client events of live streams answered with an error event, by reason.",
-            ["reason"],
-            registry=r,
-        )
-        self.streams_closed = Counter(
-            "asr_streams_closed",
-            "Live streams ended, by reason (client: the client closed or left; slow_consumer: it stopped reading).",
-            ["reason"],
-            registry=r,
-        )
+        self._streams = {entrypoint: families.view(entrypoint) for entrypoint in ENTRYPOINTS}
+        # The Realtime WebSocket's view under the names its code has always used.
+        realtime = self._streams["realtime"]
+        self.streams_active = realtime.active
+        self.stream_audio = realtime.audio
+        self.stream_first_partial = realtime.first_partial
+        self.stream_finalisation = realtime.finalisation
+        self.stream_revisions = realtime.revisions
+        self.stream_dropped_audio = realtime.dropped
+        self.stream_events_rejected = realtime.rejected
+        self.streams_closed = realtime.closed
         self.jobs = Gauge(
             "asr_jobs",
             "Jobs in the job table by state (finished ones until their retention ends).",
@@ -574,19 +657,24 @@ class Metrics:
             self.quality_skipped.labels(reason)
         for outcome in WEBHOOK_OUTCOMES:
             self.webhook_deliveries.labels(outcome)
-        for reason in STREAM_DROP_REASONS:
-            self.stream_dropped_audio.labels(reason)
-        for reason in STREAM_EVENT_REJECTIONS:
-            self.stream_events_rejected.labels(reason)
-        for reason in STREAM_CLOSE_REASONS:
-            self.streams_closed.labels(reason)
+        for entrypoint, view in self._streams.items():
+            reasons = STREAM_REASONS[entrypoint]
+            for reason in reasons["dropped"]:
+                view.dropped.labels(reason)
+            for reason in reasons["rejected"]:
+                view.rejected.labels(reason)
+            for reason in reasons["closed"]:
+                view.closed.labels(reason)
         for outcome in KNOWN_SPEAKER_OUTCOMES:
             self.known_speakers.labels(outcome)
-        self.stream_dropped_audio.labels("buffer_full")
         if not self.multiprocess:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
+
+    def stream(self, entrypoint: str) -> StreamMetrics:
+        """The live-stream metrics of `entrypoint` (one of ENTRYPOINTS)."""
+        return self._streams[entrypoint]
 
     def add_collector(self, collector: Collector) -> None:
         """Add a collector read at scrape time (e.g. the NVML GPU collector)."""

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from service.audio import DecodedAudio
     from service.formats import Result
     from service.speakers.base import Diarization
@@ -24,3 +26,5 @@ class Outcome:
     flags: list[str]  # the hallucination guard's findings (service.quality.hallucination)
     # Who spoke, when the request asked (its speakers' voice prints link a job's windows).
     diarization: Diarization | None = None
+    # Work run with observe=False: what counting it would record (Pipeline.observe), else None.
+    unobserved: Callable[[], None] | None = None

@@ -22,6 +22,7 @@ Callers get verbs, never the parts behind them (engine, scheduler, decode pool, 
   probe / decode      an upload checked for later (jobs) / decoded once (jobs' windows)
   transcribe          the one entry
   keep_sample         offer an answered outcome to the quality sampler
+  observe             count an outcome of unobserved work that became an answer (speculative finals)
   draining / on_drain the service's shutdown, for entry points that hold connections
 """
 
@@ -439,13 +440,20 @@ class Pipeline:
             raise
         warnings = [*_dropped_warnings(dropped), *_warnings(flags), *audio.warnings]
         result = Result(transcript, backend.name, backend.model, seconds, warnings=warnings)
-        if work.observe:
-            # Answer time per audio second is a client's latency: interactive work only.
-            interactive = work.priority == Priority.INTERACTIVE
-            elapsed = time.perf_counter() - admitted if interactive else None
+        # Answer time per audio second is a client's latency: interactive work only.
+        interactive = work.priority == Priority.INTERACTIVE
+        elapsed = time.perf_counter() - admitted if interactive else None
+
+        def observe() -> None:
             self._observe(backend, result, flags, dropped, elapsed)
             self._observe_input(backend, audio, health)
-        return Outcome(result, audio, flags, diarization)
+
+        outcome = Outcome(result, audio, flags, diarization)
+        if work.observe:
+            observe()
+        else:
+            outcome.unobserved = observe  # `observe(outcome)` counts it, should it become an answer
+        return outcome
 
     async def _schedule(
         self,
@@ -633,6 +641,14 @@ class Pipeline:
         outcome = await self.transcribe(work)
         outcome.audio.close()
         return outcome.result.transcript.text, outcome.result.processing_seconds
+
+    def observe(self, outcome: Outcome) -> None:
+        """Count an outcome of work run with `observe=False` that became an answer after all (a
+        Wyoming utterance's final decoded before its audio-stop, kept since no speech followed):
+        its metrics as if it had been observed when it finished; once, however often called."""
+        if outcome.unobserved is not None:
+            record, outcome.unobserved = outcome.unobserved, None
+            record()
 
     async def keep_sample(self, outcome: Outcome, request_id: str | None = None) -> str | None:
         """Offer the outcome to the quality sampler (after the answer has gone out); frees its audio."""

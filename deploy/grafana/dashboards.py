@@ -173,16 +173,18 @@ def performance() -> dict[str, Any]:
         (f"sum(asr_decodes_in_flight{sel()})", "decoding now"),
     ]
     lay.add(timeseries("Decoding", decode), 8)
-    lay.row("Live streams (Realtime WebSocket)")
+    lay.row("Live streams (Realtime WebSocket, Wyoming), by entry point")
     streams = [
-        (f"sum(asr_streams_active{sel()})", "open"),
-        (f"sum({rate('asr_stream_audio_seconds_total')})", "audio s/s"),
+        (f"sum by (entrypoint) (asr_streams_active{sel()})", "{{entrypoint}} open"),
+        (f"sum by (entrypoint) ({rate('asr_stream_audio_seconds_total')})", "{{entrypoint}} audio s/s"),
     ]
     lay.add(timeseries("Streams open and live audio", streams, description="Audio seconds received per second."), 8)
-    final = "From the end of a turn's speech to its completed transcript; the line is the 2 s SLO."
+    final = (
+        "From the end of a turn's speech (Wyoming: the audio-stop) to its final transcript; the line is the 2 s SLO."
+    )
     turn_latency = [
-        (quantile(0.95, "asr_stream_finalisation_seconds"), "finalisation p95"),
-        (quantile(0.95, "asr_stream_first_partial_seconds"), "first partial p95"),
+        (quantile(0.95, "asr_stream_finalisation_seconds", "entrypoint"), "{{entrypoint}} finalisation p95"),
+        (quantile(0.95, "asr_stream_first_partial_seconds", "entrypoint"), "{{entrypoint}} first partial p95"),
     ]
     lay.add(
         timeseries("Turn latency", turn_latency, "s", T["stream_finalisation_p95_seconds"], description=final),
@@ -197,6 +199,35 @@ def performance() -> dict[str, Any]:
             "Revised turns and dropped audio",
             [(revised, "turns revised (share)"), (dropped, "dropped audio s/s {{reason}}")],
             description="Revised: the final text did not begin with the partial text already sent.",
+        ),
+        8,
+    )
+    lay.row("Wyoming (Home Assistant voice)")
+    wy = 'entrypoint="wyoming"'
+    traffic = [
+        (f"sum(asr_streams_active{sel(wy)})", "connections open"),
+        (f"sum({rate('asr_stream_finalisation_seconds_count', wy)})", "utterances / s"),
+        (f"sum({rate('asr_stream_audio_seconds_total', wy)})", "audio s/s"),
+    ]
+    lay.add(timeseries("Connections, utterances and audio", traffic), 8)
+    stop_doc = "From the client's audio-stop to the transcript sent (the early final makes it shorter than a decode)."
+    wy_latency = [
+        (quantile(q, "asr_stream_finalisation_seconds", extra=wy), f"audio-stop to transcript p{round(q * 100)}")
+        for q in (0.5, 0.95)
+    ]
+    lay.add(
+        timeseries(
+            "Latency after audio-stop", wy_latency, "s", T["stream_finalisation_p95_seconds"], description=stop_doc
+        ),
+        8,
+    )
+    wy_errors = [
+        (f"sum by (reason) ({rate('asr_stream_events_rejected_total', wy)})", "error events {{reason}}"),
+        (f"sum by (reason) ({rate('asr_streams_closed_total', wy)})", "closed {{reason}}"),
+    ]
+    lay.add(
+        timeseries(
+            "Errors and closes by reason", wy_errors, description="Error events sent and why connections ended."
         ),
         8,
     )
