@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ class Run:
     wall_seconds: float
     peak_rss_bytes: int
     statuses: list[int]
+    texts: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
@@ -42,7 +43,7 @@ async def load(url: str, audio: Path, concurrency: int, requests: int, seconds_p
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(requests):
         queue.put_nowait(i)
-    latencies, audio_s, processing, statuses = [], [], [], []
+    latencies, audio_s, processing, statuses, texts = [], [], [], [], []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=seconds_per_request, limits=limits) as client:
 
@@ -57,11 +58,12 @@ async def load(url: str, audio: Path, concurrency: int, requests: int, seconds_p
                     body = r.json()
                     audio_s.append(body["duration"])
                     processing.append(body["processing_seconds"])
+                    texts.append(body["text"])
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    return Run(latencies, audio_s, processing, wall, 0, statuses)
+    return Run(latencies, audio_s, processing, wall, 0, statuses, texts)
 
 
 def peak_rss(pid: int) -> int:

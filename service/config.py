@@ -160,7 +160,13 @@ class DecodeSettings(BaseSettings):
         description="Audio longer than this is transcribed in windows cut at quiet points, so memory stays bounded "
         "(peak memory grows with the window, not with the file).",
     )
-    batch_size: int = Field(8, ge=1, le=64, description="30 s chunks decoded per batched engine call.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Inside one long file: its 30 s chunks decoded per batched engine call (faster-whisper's "
+        "batched pipeline). Across requests: ASR_BATCH_MAX_SIZE.",
+    )
     batching: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Batched inference (faster-whisper): `auto` batches everything on CUDA and, on a CPU, audio of "
@@ -224,6 +230,21 @@ class SchedulerSettings(BaseSettings):
         le=64,
         description="Uploads decoded at once per process; 0: one per CPU core (shared among ASR_PROCESSES). "
         "Others wait their turn, holding their place in the queue.",
+    )
+    batch_max_size: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Across requests: most clips of at most 30 s (file requests, stream turns and partials) that "
+        "the scheduler gathers into one engine call, of one model and priority; 1 turns dynamic batching off. "
+        "Within one long file: ASR_BATCH_SIZE.",
+    )
+    batch_wait_ms: float = Field(
+        10.0,
+        ge=0,
+        le=1000,
+        description="How long a worker may wait for admitted requests still being decoded to join its batch, "
+        "only while every other worker is busy (never at concurrency 1).",
     )
 
 
@@ -374,23 +395,44 @@ class StreamSettings(BaseSettings):
         1024 * 1024, gt=0, description="Largest audio one append may carry (decoded); larger gets an error event."
     )
     stream_partial_seconds: float = Field(
-        1.0,
+        0.5,
         gt=0,
-        description="New audio between two partial hypotheses of a turn (each re-decodes the turn so far).",
+        description="New audio between two partial hypotheses of a turn (each decodes the turn's audio since "
+        "its last confirmed word).",
     )
     stream_partial_beam_size: int = Field(
-        0,
+        1,
         ge=0,
         le=20,
-        description="Beam for partial hypotheses; 0: ASR_BEAM_SIZE. 1 is faster, but measured with tiny.en it "
-        "revised 2 turns in 4 (sent words the final took back) against none with beam 5.",
+        description="Beam for partial hypotheses; 0: ASR_BEAM_SIZE. The turn's final is decoded at the "
+        "session's beam whatever this is.",
+    )
+    stream_partial_model: str | None = Field(
+        None,
+        description="An ASR_MODELS id or alias whose model decodes live partial hypotheses (a small fast one, "
+        "e.g. tiny.en, preloaded), while each turn's final comes from the session's model; unset: the "
+        "session's model. Not used for a session whose language it does not know.",
     )
     stream_partial_agreement: int = Field(
         2,
         ge=2,
         le=5,
-        description="Consecutive partial hypotheses that must agree on a word before it is sent. Measured "
-        "with tiny.en and 1 s partials: 2 revised 4 turns in 24, 3 none but its first delta comes 1 s later.",
+        description="Consecutive partial hypotheses that must agree on a word before it is sent, unless its "
+        "own timing is stable already (ASR_STREAM_PARTIAL_STABLE_SECONDS).",
+    )
+    stream_partial_stable_seconds: float = Field(
+        0.3,
+        ge=0.0,
+        le=5.0,
+        description="A word of a single partial hypothesis is sent once it ended this long before the end of "
+        "the audio that hypothesis heard (and its probability is 0.7 or more).",
+    )
+    stream_context_chars: int = Field(
+        200,
+        ge=0,
+        le=1000,
+        description="Characters of the session's recent final text given as the prompt of its next turns "
+        "(forgotten after a turn that looks like a hallucination); 0: each turn is decoded alone.",
     )
     stream_max_turn_seconds: float = Field(
         30.0, ge=5.0, le=120.0, description="A turn is finalised at this length even if the speaker goes on."

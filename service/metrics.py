@@ -408,7 +408,8 @@ class Metrics:
         self.gpu_oom = Counter("asr_gpu_oom", "Requests that failed with GPU out-of-memory.", registry=r)
         self.batch_size = Histogram(
             "asr_batch_size",
-            "Segments per batched engine call (GPU batching).",
+            "Items per batched engine call: a long file's 30 s chunks, or clips of several requests and streams "
+            "that the scheduler gathered (1: a batchable clip that ran alone).",
             _MODEL_LABELS,
             buckets=BATCH_BUCKETS,
             registry=r,

@@ -175,6 +175,9 @@ class ModelRegistry:
         }
         self._names = {name: e.id for e in self.entries for name in (e.id, *e.aliases)}
         self.default = self.engines[self.entries[0].id]
+        draft = settings.streams.stream_partial_model
+        if draft is not None and draft not in self._names:
+            raise ValueError(f"ASR_STREAM_PARTIAL_MODEL names {draft!r}, which no ASR_MODELS entry is")
         self._load_lock = asyncio.Lock()  # one load at a time: its memory is what the process grew by
         self._loads: dict[str, asyncio.Task[None]] = {}
         self._preloads: list[asyncio.Task[None]] = []

@@ -29,6 +29,7 @@ Callers get verbs, never the parts behind them (engine, scheduler, decode pool, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
@@ -37,7 +38,15 @@ from typing import TYPE_CHECKING, Literal
 
 from service import audio_health
 from service.audio import DecodedAudio
-from service.backends.base import Backend, Cancelled, Capabilities, Segment, TranscribeOptions, Transcript
+from service.backends.base import (
+    Backend,
+    Cancelled,
+    Capabilities,
+    ClipBatching,
+    Segment,
+    TranscribeOptions,
+    Transcript,
+)
 from service.cancellation import CancelToken
 from service.decoding import EncodedAudio
 from service.errors import BackendError, BadRequestError, ModelLoadError, ServiceError, UnsupportedFeatureError, shown
@@ -48,8 +57,8 @@ from service.metrics import INPUT_CODECS, INPUT_RATES
 from service.outcome import Outcome
 from service.quality import hallucination
 from service.resegment import split_by_words
-from service.scheduler import Preempted, Priority
-from service.windowing import transcribe_windowed
+from service.scheduler import Batchable, Preempted, Priority
+from service.windowing import Clip, one_window, transcribe_clips, transcribe_windowed
 
 if TYPE_CHECKING:
     import threading
@@ -95,6 +104,10 @@ class RequestOptions:
     beam_size: int | None = None
     # The model, by ASR_MODELS id or alias (None: the default); an unknown name is 404.
     model: str | None = None
+    # The prompt is context (a stream's recent text), which the engine may shorten to batch it.
+    prompt_is_context: bool = False
+    # A live partial hypothesis: one cheap pass (TranscribeOptions.draft); the final is decoded in full.
+    draft: bool = False
     # Each text token's log probability in the segments (OpenAI's include=logprobs).
     logprobs: bool = False
     # Words and names to steer decoding towards (OpenAI's keywords); at most ASR_MAX_KEYWORDS.
@@ -124,6 +137,21 @@ class Work:
     mode: Literal["transcribe", "detect_language"] = "transcribe"
     # Seconds to wait for an admission place instead of a 429 (clients that never retry).
     admission_wait: float = 0.0
+
+
+@dataclass
+class _ClipJob:
+    """A short clip's decode that may share an engine call with others (the scheduler's batches)."""
+
+    lease: Lease
+    audio: DecodedAudio
+    options: TranscribeOptions
+    on_segment: Callable[[Segment], None] | None
+
+
+# What a decode hands back: the transcript, the engine's seconds, the kinds of dropped segments,
+# and who spoke (when asked; never for a batched clip).
+Decoded = tuple[Transcript, float, list[str], "Diarization | None"]
 
 
 @dataclass(frozen=True)
@@ -327,6 +355,8 @@ class Pipeline:
             initial_prompt=request.prompt or None,
             temperature=request.temperature,
             beam_size=request.beam_size,
+            prompt_is_context=request.prompt_is_context,
+            draft=request.draft,
             logprobs=request.logprobs,
             keywords=tuple(request.keywords),  # a job's stored options hold a list
         )
@@ -432,7 +462,7 @@ class Pipeline:
         options: TranscribeOptions,
         work: Work,
         references: list[tuple[str, npt.NDArray[np.float32]]],
-    ) -> tuple[Transcript, float, list[str], Diarization | None]:
+    ) -> Decoded:
         """The transcript, the engine's seconds, the kinds of the segments the guard dropped, and
         who spoke (when asked)."""
         window = self.settings.decode.long_audio_window_seconds
@@ -441,7 +471,7 @@ class Pipeline:
         # Diarized segments are handed over once their speakers are known.
         on_segment = None if diarize else work.on_segment
 
-        def job(cancel: threading.Event) -> tuple[Transcript, float, list[str], Diarization | None]:
+        def job(cancel: threading.Event) -> Decoded:
             with lease.running() as backend:  # the model stays loaded until this thread is done
                 started = time.perf_counter()
                 guard = hallucination.Guard(audio)
@@ -465,6 +495,8 @@ class Pipeline:
                 priority=work.priority,
                 time_limit=self.timeout_for(audio.duration),
                 cost=audio.duration,
+                # Diarized decodes run alone: their speakers are found after decoding, in the same job.
+                batch=None if diarize else self._batchable(lease, audio, options, work),
             )
         except (ServiceError, Preempted):  # queue full, timeout, client gone: already the answer
             raise
@@ -475,6 +507,59 @@ class Pipeline:
             raise BackendError("the speaker diarizer failed to load; the service log says why") from exc
         except Exception as exc:
             raise self._backend_failure(exc) from exc
+
+    def _batchable(
+        self, lease: Lease, audio: DecodedAudio, options: TranscribeOptions, work: Work
+    ) -> Batchable[_ClipJob, Decoded] | None:
+        """How this decode may share an engine call (service.scheduler): a clip of one window, on an
+        engine that batches clips, with options it can batch; None when it runs alone."""
+        backend = lease.backend
+        if (
+            self.settings.scheduler.batch_max_size <= 1
+            or not isinstance(backend, ClipBatching)
+            or not one_window(audio, self.settings.decode.long_audio_window_seconds)
+        ):
+            return None
+        key = backend.batch_key(options, audio.duration)
+        if key is None:
+            return None
+        observe = self._metrics.batch_size.labels(backend.name, backend.model).observe
+        item = _ClipJob(lease, audio, options, work.on_segment)
+        return Batchable((lease.engine.id, key), item, self._run_clips, observe)
+
+    def _run_clips(self, jobs: list[_ClipJob], cancels: list[threading.Event]) -> list[Decoded | Exception]:
+        """Decode clips of one model in shared engine calls (in a worker thread); each clip's engine
+        seconds are its share of the call. Should the batched call fail, each clip is decoded on its
+        own, so that one clip's trouble is only its own."""
+        window = self.settings.decode.long_audio_window_seconds
+        with contextlib.ExitStack() as running:
+            backends = [running.enter_context(job.lease.running()) for job in jobs]  # none unloads meanwhile
+            backend = backends[0]
+            assert isinstance(backend, ClipBatching)
+            started = time.perf_counter()
+            guards = [hallucination.Guard(job.audio) for job in jobs]
+            clips = [
+                Clip(job.audio, job.options, job.on_segment, g.screen) for job, g in zip(jobs, guards, strict=True)
+            ]
+            try:
+                parts = transcribe_clips(backend, clips, cancels)
+            except Exception:
+                log.warning("a batched engine call failed; decoding its %d clips one by one", len(jobs), exc_info=True)
+                parts = []
+                for clip, cancel in zip(clips, cancels, strict=True):
+                    try:
+                        parts.append(
+                            transcribe_windowed(
+                                backends[0], clip.audio, clip.options, window, cancel, clip.on_segment, clip.screen
+                            )
+                        )
+                    except Exception as exc:
+                        parts.append(exc)
+            seconds = (time.perf_counter() - started) / len(jobs)
+        return [
+            part if isinstance(part, Exception) else (part, seconds, guard.dropped, None)
+            for part, guard in zip(parts, guards, strict=True)
+        ]
 
     # ---- speakers -----------------------------------------------------------------------
 
@@ -661,6 +746,8 @@ def build_pipeline(
             settings.scheduler.queue_size,
             metrics,
             order=settings.scheduler.interactive_order,
+            batch_max_size=settings.scheduler.batch_max_size,
+            batch_wait=settings.scheduler.batch_wait_ms / 1000,
         ),
         DecodePool(
             decode_workers(settings),

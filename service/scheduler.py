@@ -20,6 +20,18 @@ Priorities (lower runs first), and what keeps each class from crowding out the o
 Every piece of work carries a CancelToken: past its time limit, when its client hangs up or when
 the service drains, the token is cancelled; a queued job is then skipped and a running one stops
 at its next segment, while the caller gets its answer at once.
+
+Dynamic batching (ASR_BATCH_MAX_SIZE; 1 turns it off): a job may say how it can share an engine
+call (`Batchable`: a key, its item, the function that runs many items at once). When a worker
+takes such a job, it takes with it the waiting jobs of the same priority and key (same model,
+compatible options), most urgent first, and runs them as one call; callers never know. A batch
+takes no more than its share of the waiting jobs while other workers are free (so that two idle
+workers split a burst rather than one taking it all), no more than ASR_BATCH_MAX_SIZE, and, while
+job windows wait, no more interactive items than their share of the turns allows; idle work is
+never batched, so that a request preempting it waits for one clip at most. A worker waits
+up to ASR_BATCH_WAIT_MS for more only when every other worker is busy and admitted requests are
+still on their way (being decoded); at concurrency 1 it never waits. A job cancelled while its
+batch is queued or running leaves it: the runner skips it and its result is dropped.
 """
 
 from __future__ import annotations
@@ -39,11 +51,12 @@ from service.errors import QueueFullError, error_for_cancellation
 
 if TYPE_CHECKING:
     import threading
-    from collections.abc import Callable
+    from collections.abc import Callable, Hashable
 
     from service.metrics import Metrics
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
 # After this long without an interactive request, batch work may take every worker.
 QUIET_SECONDS = 60.0
 
@@ -59,6 +72,19 @@ class Preempted(Exception):
     """IDLE work gave its worker to interactive work; the caller may try again later."""
 
 
+@dataclass(frozen=True)
+class Batchable(Generic[ItemT, T]):
+    """How a job may share an engine call: jobs of one priority with equal `key`s (the same model
+    and options that one call can serve) may run together as `run([item, ...], cancels)`, which
+    returns one result, or the exception that item met, per item in order. Alone, a job runs its
+    own function as ever. `observe` hears each call's size (asr_batch_size)."""
+
+    key: Hashable
+    item: ItemT
+    run: Callable[[list[ItemT], list[threading.Event]], list[T | Exception]]
+    observe: Callable[[int], None] | None = None
+
+
 @dataclass
 class _Job(Generic[T]):
     fn: Callable[[threading.Event], T]
@@ -67,6 +93,7 @@ class _Job(Generic[T]):
     priority: Priority
     cost: float | None = None  # seconds of audio, when known: what the job will take, roughly
     enqueued: float = field(default_factory=time.monotonic)
+    batch: Batchable[Any, T] | None = None
 
 
 class Ticket:
@@ -97,14 +124,19 @@ class Scheduler:
         metrics: Metrics,
         batch_share: float = 0.25,
         order: Literal["fair", "arrival"] = "fair",
+        batch_max_size: int = 8,
+        batch_wait: float = 0.01,
     ) -> None:
         self.workers = workers
         self.queue_size = queue_size
         self.batch_share = batch_share
         self.order = order
+        self.batch_max_size = batch_max_size
+        self.batch_wait = batch_wait  # seconds a worker may wait for a batch to fill
         self._metrics = metrics
         self._waiting: dict[Priority, deque[_Job[Any]]] = {p: deque() for p in Priority}
-        self._running: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        self._running: dict[Priority, int] = dict.fromkeys(Priority, 0)  # workers, one per call
+        self._running_items: dict[Priority, int] = dict.fromkeys(Priority, 0)  # jobs in those calls
         self._running_tokens: dict[Priority, set[CancelToken]] = {p: set() for p in Priority}
         self._tickets = 0
         self._batch_credit = 0.0
@@ -216,9 +248,11 @@ class Scheduler:
         priority: Priority = Priority.INTERACTIVE,
         time_limit: float | None = None,
         cost: float | None = None,
+        batch: Batchable[Any, T] | None = None,
     ) -> T:
         """Run `fn(cancel_event)` on a worker and return its result. `cost` is the audio's length in
-        seconds when known: waiting requests are ordered by it (service.scheduler, "fair").
+        seconds when known: waiting requests are ordered by it (service.scheduler, "fair"). With
+        `batch`, the job may instead run inside one call with compatible jobs (`Batchable`).
 
         Raises the answer for a cancelled token (RequestTimeoutError past `time_limit` seconds,
         queue wait included; ClientGoneError; ShuttingDownError), Preempted for IDLE work that
@@ -226,7 +260,7 @@ class Scheduler:
         """
         assert self._changed is not None, "scheduler not started"
         loop = asyncio.get_running_loop()
-        job: _Job[T] = _Job(fn, loop.create_future(), token, priority, cost)
+        job: _Job[T] = _Job(fn, loop.create_future(), token, priority, cost, batch=batch)
         timer = loop.call_later(time_limit, token.cancel, TIMEOUT) if time_limit is not None else None
         async with self._changed:
             self._waiting[priority].append(job)
@@ -274,8 +308,8 @@ class Scheduler:
             for token in list(self._running_tokens[Priority.IDLE]):
                 token.cancel(PREEMPTED)
 
-    def _pick(self) -> _Job[Any] | None:
-        """The next job to run, or None when nothing may run now."""
+    def _pick(self) -> list[_Job[Any]] | None:
+        """The next job to run with the jobs that share its call, or None when nothing may run now."""
         for queue in self._waiting.values():
             while queue and (queue[0].token.cancelled or queue[0].future.done()):
                 queue.popleft()
@@ -290,17 +324,51 @@ class Scheduler:
         if not eligible:
             return None
         chosen = eligible[0]
-        if Priority.BATCH in eligible and chosen != Priority.BATCH:
+        batch_waits = Priority.BATCH in eligible and chosen != Priority.BATCH
+        if batch_waits:
             # A job window waits while more urgent work goes first: it earns a share of the turns.
             self._batch_credit += self.batch_share
-            if self._batch_credit >= 1.0:
+            if self._batch_credit >= 1.0 - _EPSILON:
                 self._batch_credit -= 1.0
                 chosen = Priority.BATCH
+                batch_waits = False
         queue = self._waiting[chosen]
         job = self._most_urgent(queue) if chosen == Priority.INTERACTIVE and self.order == "fair" else queue[0]
         queue.remove(job)
+        picked = [job]
+        # Idle work is never batched: a request that preempts it waits for no more than one clip.
+        if job.batch is not None and self.batch_max_size > 1 and chosen != Priority.IDLE:
+            picked += self._companions(job, 1, batch_waits)
         self._gauge_depth()
-        return job
+        return picked
+
+    def _companions(self, leader: _Job[Any], size: int, batch_waits: bool) -> list[_Job[Any]]:
+        """Waiting jobs that may join `leader`'s call, which holds `size` jobs so far, most urgent
+        first, taken from the queue. A batch takes its share of the compatible jobs among the
+        workers free for them (two idle workers split a burst), within ASR_BATCH_MAX_SIZE and,
+        while job windows wait, within the turns left before theirs (batch_share counts jobs)."""
+        assert leader.batch is not None
+        priority = leader.priority
+        queue = self._waiting[priority]
+        key = leader.batch.key
+        fits = [j for j in queue if j.batch is not None and j.batch.key == key and not j.token.cancelled]
+        if not fits:
+            return []
+        free = max(1, min(self._limit(priority) - self._running[priority], self.workers - self.busy))
+        room = min(self.batch_max_size, math.ceil((len(fits) + size) / free)) - size
+        if batch_waits:
+            room = min(room, math.ceil((1.0 - self._batch_credit - _EPSILON) / self.batch_share) - 1)
+        if room <= 0:
+            return []
+        if priority == Priority.INTERACTIVE and self.order == "fair":
+            now = time.monotonic()
+            fits.sort(key=lambda j: self._ratio(j, now), reverse=True)
+        taken = fits[:room]
+        for job in taken:
+            queue.remove(job)
+        if batch_waits:
+            self._batch_credit += self.batch_share * len(taken)
+        return taken
 
     def _most_urgent(self, queue: deque[_Job[Any]]) -> _Job[Any]:
         """The waiting request with the highest response ratio, (waited + expected) / expected.
@@ -310,12 +378,11 @@ class Scheduler:
         fastest), while a long one's ratio grows with every second it waits, so it is never starved.
         """
         now = time.monotonic()
+        return max(queue, key=lambda job: self._ratio(job, now))
 
-        def ratio(job: _Job[Any]) -> float:
-            expected = self._expected_seconds(job)
-            return (now - job.enqueued + expected) / expected
-
-        return max(queue, key=ratio)
+    def _ratio(self, job: _Job[Any], now: float) -> float:
+        expected = self._expected_seconds(job)
+        return (now - job.enqueued + expected) / expected
 
     def _expected_seconds(self, job: _Job[Any]) -> float:
         if job.cost is None:
@@ -323,21 +390,57 @@ class Scheduler:
         # A floor for fixed costs (feature extraction, the first decoder steps) of tiny clips.
         return max(job.cost * self._mean_rtf, 0.1)
 
-    async def _next(self) -> _Job[Any]:
+    async def _next(self) -> list[_Job[Any]]:
         assert self._changed is not None
         async with self._changed:
-            while (job := self._pick()) is None:
+            while (batch := self._pick()) is None:
                 await self._changed.wait()
-            self._running[job.priority] += 1
-            self._running_tokens[job.priority].add(job.token)
+            priority = batch[0].priority
+            self._running[priority] += 1
+            self._running_items[priority] += len(batch)
+            for job in batch:
+                self._running_tokens[priority].add(job.token)
             self._metrics.workers_busy.set(self.busy)
-            return job
+            if batch[0].batch is not None and self.batch_max_size > 1:
+                await self._fill(batch)
+            return batch
 
-    async def _done(self, job: _Job[Any]) -> None:
+    async def _fill(self, batch: list[_Job[Any]]) -> None:
+        """Wait up to `batch_wait` for admitted requests still on their way (being decoded) to join
+        an interactive batch, when no other worker is free to take them as they come. Called with
+        the condition held; the batch already counts as running."""
+        assert self._changed is not None
+        leader = batch[0]
+        priority = leader.priority
+        if priority != Priority.INTERACTIVE or self.batch_wait <= 0:
+            return
+        deadline = time.monotonic() + self.batch_wait
+        while len(batch) < self.batch_max_size and self.busy >= self.workers:
+            # Admitted requests neither waiting nor in a call: decoding, or past their call.
+            coming = self._tickets - self.depth - self._running_items[priority]
+            left = deadline - time.monotonic()
+            if coming <= 0 or left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+            batch_waits = bool(self._waiting[Priority.BATCH]) and self._running[Priority.BATCH] < self._limit(
+                Priority.BATCH
+            )
+            more = self._companions(leader, len(batch), batch_waits)
+            batch += more
+            self._running_items[priority] += len(more)
+            for job in more:
+                self._running_tokens[priority].add(job.token)
+            self._gauge_depth()
+
+    async def _done(self, batch: list[_Job[Any]]) -> None:
         assert self._changed is not None
         async with self._changed:
-            self._running[job.priority] -= 1
-            self._running_tokens[job.priority].discard(job.token)
+            priority = batch[0].priority
+            self._running[priority] -= 1
+            self._running_items[priority] -= len(batch)
+            for job in batch:
+                self._running_tokens[priority].discard(job.token)
             self._metrics.workers_busy.set(self.busy)
             self._changed.notify_all()
 
@@ -345,22 +448,54 @@ class Scheduler:
         assert self._executor is not None
         loop = asyncio.get_running_loop()
         while True:
-            job = await self._next()
+            batch = await self._next()
             started = time.monotonic()
-            if job.priority == Priority.INTERACTIVE:
-                self._metrics.queue_wait.observe(started - job.enqueued)
-            try:
-                result = await loop.run_in_executor(self._executor, job.fn, job.token.event)
-            except Exception as exc:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            else:
-                if not job.future.done():
-                    job.future.set_result(result)
-            finally:
+            for job in batch:
                 if job.priority == Priority.INTERACTIVE:
-                    took = time.monotonic() - started
+                    self._metrics.queue_wait.observe(started - job.enqueued)
+            try:
+                await self._call(loop, batch)
+            finally:
+                if batch[0].priority == Priority.INTERACTIVE:
+                    took = (time.monotonic() - started) / len(batch)  # a worker's time per request
                     self._mean_service = 0.8 * self._mean_service + 0.2 * took
-                    if job.cost:
-                        self._mean_rtf = 0.8 * self._mean_rtf + 0.2 * took / job.cost
-                await self._done(job)
+                    cost = sum(job.cost or 0.0 for job in batch) / len(batch)
+                    if cost:
+                        self._mean_rtf = 0.8 * self._mean_rtf + 0.2 * took / cost
+                await self._done(batch)
+
+    async def _call(self, loop: asyncio.AbstractEventLoop, batch: list[_Job[Any]]) -> None:
+        """Run one engine call for `batch` in the pool and hand each job its result."""
+        assert self._executor is not None
+        leader = batch[0]
+        if leader.batch is not None and self.batch_max_size > 1 and leader.batch.observe is not None:
+            leader.batch.observe(len(batch))
+        if len(batch) == 1 or leader.batch is None:
+            try:
+                _settle(leader, await loop.run_in_executor(self._executor, leader.fn, leader.token.event))
+            except Exception as exc:
+                _settle(leader, exc)
+            return
+        items = [job.batch.item for job in batch if job.batch is not None]
+        cancels = [job.token.event for job in batch]
+        try:
+            results = await loop.run_in_executor(self._executor, leader.batch.run, items, cancels)
+            if len(results) != len(batch):
+                raise RuntimeError(f"a batch of {len(batch)} answered {len(results)} results")
+        except Exception as exc:
+            results = [exc] * len(batch)
+        for job, result in zip(batch, results, strict=True):
+            _settle(job, result)
+
+
+_EPSILON = 1e-9
+
+
+def _settle(job: _Job[Any], result: Any) -> None:
+    """Hand `job` its result or exception, unless its caller has stopped waiting (dropped)."""
+    if job.future.done():
+        return
+    if isinstance(result, Exception):
+        job.future.set_exception(result)
+    else:
+        job.future.set_result(result)

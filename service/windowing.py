@@ -8,19 +8,29 @@ the first and, where the engine takes one, the previous window's last words as p
 Whatever the length, this is where audio meets the engine: each window (or the whole clip) is
 handed over without its trailing near-silence (service.trailing_silence), and every segment that
 comes back is screened by the caller's `screen` (the hallucination guard) before it is kept,
-passed on to a streaming caller, or used as the next window's prompt.
+passed on to a streaming caller, or used as the next window's prompt. Short clips of several
+requests that the scheduler gathers into one engine call (`transcribe_clips`) are treated as
+each would be alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service import trailing_silence
-from service.backends.base import Backend, Cancelled, Segment, TranscribeOptions, Transcript
+from service.backends.base import (
+    MAX_CLIP_SECONDS,
+    Backend,
+    Cancelled,
+    ClipBatching,
+    Segment,
+    TranscribeOptions,
+    Transcript,
+)
 from service.languages import join_texts
 
 if TYPE_CHECKING:
@@ -91,11 +101,10 @@ def transcribe_windowed(
         part = backend.transcribe(clip, window_options, cancel, take)
         for seg in part.segments[take.seen :]:  # an engine that did not pass every segment on
             take(seg)
-        kept = take.kept
         if first is None:
             first = part
             window_options = replace(options, language=options.language or part.language)
-        text = part.text if len(kept) == len(part.segments) else join_texts([s.text for s in kept], part.language)
+        text = _kept_text(part, take.kept)
         if text:
             texts.append(text)
             # Batched decoding gives one prompt to every 30 s chunk of the next window, where it is
@@ -112,6 +121,47 @@ def transcribe_windowed(
         duration=audio.duration,
         segments=segments,
     )
+
+
+def one_window(audio: DecodedAudio, window_seconds: float) -> bool:
+    """Whether `audio` is decoded in one engine window, so that it may share a batched call."""
+    return audio.duration <= min(window_seconds, MAX_CLIP_SECONDS)
+
+
+@dataclass
+class Clip:
+    """One request's short audio in a batched call, with what transcribe_windowed would take for it."""
+
+    audio: DecodedAudio
+    options: TranscribeOptions
+    on_segment: Callable[[Segment], None] | None = None
+    screen: Screen | None = None
+
+
+def transcribe_clips(
+    backend: ClipBatching, clips: list[Clip], cancels: list[threading.Event]
+) -> list[Transcript | Exception]:
+    """Transcribe clips that each fit one window (`one_window`) in shared engine calls; each is
+    trimmed, screened and passed on as transcribe_windowed does alone. Returns per clip its
+    Transcript or the exception it met (Cancelled when its cancel event was set)."""
+    samples = [trailing_silence.trim(clip.audio.read()) for clip in clips]
+    parts = backend.transcribe_batch(samples, [clip.options for clip in clips], cancels)
+    out: list[Transcript | Exception] = []
+    for clip, heard, part in zip(clips, samples, parts, strict=True):
+        if isinstance(part, Exception):
+            out.append(part)
+            continue
+        segments: list[Segment] = []
+        take = _WindowSegments(segments, 0.0, len(heard) / clip.audio.sample_rate, clip.screen, clip.on_segment)
+        for seg in part.segments:
+            take(seg)
+        out.append(replace(part, text=_kept_text(part, take.kept), duration=clip.audio.duration, segments=segments))
+    return out
+
+
+def _kept_text(part: Transcript, kept: list[Segment]) -> str:
+    """A window's text without the segments the screen dropped (all the engine said when none was)."""
+    return part.text if len(kept) == len(part.segments) else join_texts([s.text for s in kept], part.language)
 
 
 class _WindowSegments:

@@ -11,6 +11,8 @@ import openai
 import pytest
 
 from tests.conftest import SENTENCES, make_settings, running_app, serve, until, wait_until, wer
+from tests.test_hardening_server import metric
+from tests.test_streaming import TURNS, _realtime, talk  # noqa: F401 (talk: the fixture)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -86,3 +88,25 @@ async def test_a_budget_measured_on_real_models_evicts_the_idle_one(tmp_path: Pa
         loaded = sum(m.memory_bytes or 0 for m in h.app.state.pipeline.models())
     assert states == {"base": "ready", "tiny": "unloaded", "tiny-too": "ready"}
     assert loaded <= budget
+
+
+def test_a_stream_takes_its_partials_from_the_draft_model_and_its_finals_from_its_own(
+    tmp_path: Path,
+    talk: bytes,  # noqa: F811 (the fixture imported from tests.test_streaming)
+) -> None:
+    models = [{**MODELS[0]}, {**MODELS[1], "preload": True, "ttl_seconds": None}]
+    env = {"ASR_MODELS": json.dumps(models), "ASR_MODEL": "embedded:base", "ASR_STREAM_PARTIAL_MODEL": "tiny"}
+    with serve(env, tmp_path) as server:
+        wait_until(lambda: _states(server.url) == {"base": "ready", "tiny": "ready"}, 60, "both preloaded")
+        events, _ = _realtime(server, talk)  # the session asks for whisper-1: base
+        completed = [e for _, e in events if e.type.endswith("transcription.completed")]
+        deltas = [e for _, e in events if e.type.endswith("transcription.delta")]
+        assert len(completed) == len(TURNS) and deltas
+        assert wer(" ".join(SENTENCES[n] for n in TURNS), " ".join(e.transcript for e in completed)) <= 0.2
+        # Finals are observed per model (partials are not): all three on base, none on tiny.en.
+        duration = "asr_audio_duration_seconds_count"
+        assert metric(server, duration, {"model": "base"}) == len(TURNS)
+        assert metric(server, duration, {"model": "tiny"}) == 0
+        # Every engine call on tiny.en was a partial: there were some, and base had only the finals.
+        assert metric(server, "asr_batch_size_count", {"model": "tiny"}) >= 1
+        assert metric(server, "asr_batch_size_count", {"model": "base"}) <= len(TURNS)

@@ -52,7 +52,15 @@ def talk(speech_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @pytest.fixture(scope="module")
 def stream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"ASR_MAX_STREAMS": "2", "ASR_STREAM_IDLE_SECONDS": "3", "ASR_QUALITY_SAMPLE_RATE": "1"}
+    env = {
+        "ASR_MAX_STREAMS": "2",
+        "ASR_STREAM_IDLE_SECONDS": "3",
+        "ASR_QUALITY_SAMPLE_RATE": "1",
+        # tiny.en at the default partial beam (1) hears espeak's "weather" as "when" and "brown" as
+        # "round" in two hypotheses running, so every turn is revised; at beam 5 its partials are
+        # mostly right (the default engine, base, is measured at beam 1 in bench/streams.py).
+        "ASR_STREAM_PARTIAL_BEAM_SIZE": "5",
+    }
     with serve(env, tmp_path_factory.mktemp("stream-server")) as server:
         yield server
 
@@ -183,8 +191,9 @@ def test_live_turns_with_partials_through_the_realtime_client(stream_server: Ser
     assert early >= 2
     revisions = metric(stream_server, "asr_stream_partial_revisions_total")
     assert unrevised + revisions == len(TURNS)
-    # Offline, agreement of two hypotheses revised 4 turns in 24 (service.streaming.stabilizer): a
-    # revision is counted and the completed event corrects it; three turns all revised means a bug.
+    # A word may be sent from one hypothesis or two agreeing (service.streaming.partials), and tiny.en
+    # mishears some: a revision is counted and the completed event corrects it; three turns all
+    # revised means a bug.
     assert unrevised >= 1
     # Measured: time to the first partial and from the end of speech to the completed turn.
     assert metric(stream_server, "asr_stream_finalisation_seconds_count") >= 3

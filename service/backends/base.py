@@ -8,16 +8,17 @@ request that timed out frees its worker early.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import threading
-    from collections.abc import Callable
+    from collections.abc import Callable, Hashable
 
     import numpy as np
     import numpy.typing as npt
 
 SAMPLE_RATE = 16_000
+MAX_CLIP_SECONDS = 30.0  # the longest clip a batched call takes: one Whisper window
 Task = Literal["transcribe", "translate"]
 
 
@@ -59,6 +60,13 @@ class TranscribeOptions:
     batched: bool = False
     # Beam width for this call (None: ASR_BEAM_SIZE).
     beam_size: int | None = None
+    # The prompt is context (a stream's recent text), not a client's words: the engine may drop its
+    # oldest part, so that such prompts share batched calls (service.backends.whisper_batch).
+    prompt_is_context: bool = False
+    # A draft (a live partial hypothesis): one greedy-or-given-beam pass without temperature fallback,
+    # where an engine that can may shorten its window to the audio plus some silence (cheaper, a
+    # little less accurate: the turn's final is decoded in full). Engines that cannot decode as usual.
+    draft: bool = False
     # Fill each segment's `logprobs` (faster-whisper: from the word-alignment pass).
     logprobs: bool = False
     # Words and names the audio may hold, to bias decoding towards (faster-whisper's hotwords).
@@ -154,4 +162,26 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the model's memory."""
+        ...
+
+
+@runtime_checkable
+class ClipBatching(Protocol):
+    """What an engine offers that can decode many short clips (each at most MAX_CLIP_SECONDS) in
+    shared engine calls; the scheduler gathers them (service.scheduler, Batchable). Engines without
+    it decode every clip on its own."""
+
+    def batch_key(self, options: TranscribeOptions, seconds: float) -> Hashable | None:
+        """What two clips' options (and `seconds` of audio) must share to be decoded in one call;
+        None: never batched."""
+        ...
+
+    def transcribe_batch(
+        self,
+        clips: list[npt.NDArray[np.float32]],
+        options: list[TranscribeOptions],
+        cancels: list[threading.Event],
+    ) -> list[Transcript | Exception]:
+        """Transcribe each clip with its options (their batch keys are equal) as `transcribe` would;
+        returns per clip its Transcript, or Cancelled when its cancel event was set."""
         ...

@@ -2,9 +2,9 @@
 
 `include: ["item.input_audio_transcription.logprobs"]` on the session puts `logprobs` (OpenAI's
 LogProbProperties: token, bytes, logprob) on every `...input_audio_transcription.delta` and
-`.completed` event. A delta sends whole words that partial hypotheses agreed on
-(service.streaming.stabilizer), so its logprobs are the tokens of those words in the hypothesis
-that sent them; the final's rest, those of the final; `completed`, every token of the turn.
+`.completed` event. A delta sends whole words of a partial hypothesis that service.streaming.partials
+confirmed, so its logprobs are the tokens of those words in the hypothesis that sent them; the
+final's rest, those of the final; `completed`, every token of the turn.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def all_logprobs(transcript: Transcript) -> list[dict[str, Any]]:
 
 def word_logprobs(transcript: Transcript, first: int, stop: int) -> list[dict[str, Any]] | None:
     """The tokens of words `first` to `stop` of the transcript's text (split at whitespace, as the
-    stabilizer splits it); None when its tokens do not spell the same words."""
+    partial policy splits it); None when its tokens do not spell the same words."""
     words = _words([lp for s in transcript.segments for lp in s.logprobs or []])
     spelt = [b"".join(lp.data for lp in word).decode("utf-8", errors="replace").strip() for word in words]
     if spelt != transcript.text.split():

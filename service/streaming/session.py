@@ -5,14 +5,14 @@ session's configuration are typed in service.streaming.events, the input audio i
 service.streaming.buffer. Client events: `session.update`, `input_audio_buffer.append` (base64
 audio), `.commit`, `.clear`. Server events: `session.created` / `session.updated`,
 `input_audio_buffer.speech_started` / `speech_stopped` / `committed` / `cleared`,
-`conversation.item.input_audio_transcription.delta` (partial text while the speaker talks, only
-words two consecutive hypotheses agree on, never taken back), `.completed` (the turn's final text,
-with usage; SenseVoice adds its emotion and events) or `.failed`, and `error` for anything the
-client got wrong (the session goes on). With the session's `include` of
+`conversation.item.input_audio_transcription.delta` (partial text while the speaker talks, never
+taken back: service.streaming.partials says which words are safe), `.completed` (the turn's final
+text, with usage; SenseVoice adds its emotion and events) or `.failed`, and `error` for anything
+the client got wrong (the session goes on). With the session's `include` of
 item.input_audio_transcription.logprobs, deltas and `completed` carry their tokens' `logprobs`
-(service.streaming.logprobs); `transcription.keywords` steer every decode. Ours: with
-`audio.input.transcription.speakers: true`, each `.completed` turn has a `speaker` (A, B, ...): its
-main voice, matched against the voices heard so far in the session.
+(service.streaming.logprobs); `transcription.keywords` steer every decode, partial and final.
+Ours: with `audio.input.transcription.speakers: true`, each `.completed` turn has a `speaker` (A,
+B, ...): its main voice, matched against the voices heard so far in the session.
 
 Turns come from server VAD (Silero, service.streaming.vad; `semantic_vad` is served by it too,
 with a silence length from its eagerness) or, with `turn_detection: null`, from the client's
@@ -25,7 +25,14 @@ wait for their final decode; past that a commit is refused and a VAD turn fails 
 Every decode goes through Pipeline.transcribe: partial hypotheses at STREAM priority (at most one
 in flight per stream, never more than workers - 1 workers for all streams), finished turns at
 INTERACTIVE priority, in order, each holding an admission place like a file request; a completed
-turn may be sampled for the quality loop.
+turn may be sampled for the quality loop. A partial decodes the turn's audio since its cut (the
+turn's start, until the turn grows long: service.streaming.partials), as a draft (one cheap pass,
+TranscribeOptions.draft), at ASR_STREAM_PARTIAL_BEAM_SIZE, on ASR_STREAM_PARTIAL_MODEL when one is
+named, with the session's recent text and the turn's confirmed words before the cut as its
+prompt. A finished turn is decoded whole at the session's beam, with the session's recent text
+(its last ASR_STREAM_CONTEXT_CHARS characters) as the prompt, so that each turn is heard in
+context; the context is forgotten when a turn's final looks like a hallucination, so that one
+invented line does not prompt the next.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from service.cancellation import CLIENT_DISCONNECTED, CancelToken
 from service.errors import ModelNotFoundError, ServiceError
 from service.languages import normalize_language
 from service.pipeline import RequestOptions, Work
+from service.quality.hallucination import has_repetition
 from service.scheduler import Preempted, Priority
 from service.speakers.linking import Roster, Voice
 from service.streaming.audio_in import AudioInput, BadAudioError
@@ -57,11 +65,12 @@ from service.streaming.events import (
     SessionConfig,
     SessionUpdate,
     SessionUpdateEvent,
+    Transcription,
     format_rate,
     parse_event,
 )
 from service.streaming.logprobs import all_logprobs, word_logprobs
-from service.streaming.stabilizer import Stabilizer
+from service.streaming.partials import Heard, Partials
 from service.streaming.vad import WINDOW, StreamingVad, VadEvent
 
 if TYPE_CHECKING:
@@ -102,7 +111,7 @@ class Turn:
     item_id: str
     start: int  # first sample, from the session's start
     speech_started_at: float  # wall clock, for the time to the first partial
-    stabilizer: Stabilizer
+    partials: Partials
     partial_from: int = 0  # samples received when the last partial began
     partial: asyncio.Task[None] | None = None
     final: bool = False
@@ -124,6 +133,8 @@ class RealtimeSession:
         self.id = _id("sess")
         backend = pipeline.model()
         self._partials = backend.capabilities.partials
+        self._prompts = backend.capabilities.prompt
+        self._context = ""  # the session's recent final text: the next turn's prompt
         self.config = SessionConfig(id=self.id)
         self.config.input.transcription.model = pipeline.resolve_model(None)  # the default entry's id
         self._input = AudioInput("audio/pcm", 24_000)
@@ -254,20 +265,43 @@ class RealtimeSession:
             self.settings.stream_max_turn_seconds,
         )
 
-    def _options(self, config: SessionConfig, partial: bool = False) -> RequestOptions:
+    def _options(self, config: SessionConfig, turn: Turn | None = None) -> RequestOptions:
+        """A decode's options under `config`: a turn's partial (`turn` given) or final, with its prompt."""
         transcription = config.input.transcription
-        language = transcription.language
+        language = normalize_language(transcription.language) if transcription.language is not None else None
+        partial = turn is not None
+        context = " ".join(t for t in (self._context, turn.partials.prompt if turn else "") if t)
+        client = transcription.prompt
+        prompt = client
+        if context and self._prompts:
+            prompt = f"{client} {context}" if client else context
         return RequestOptions(
-            language=normalize_language(language) if language is not None else None,
-            prompt=transcription.prompt,
+            language=language,
+            prompt=prompt or None,
+            # Only our own context may be shortened (to share batched calls), never a client's prompt.
+            prompt_is_context=not client,
             beam_size=(self.settings.stream_partial_beam_size or None) if partial else None,
-            # The session's model by id or alias (service.models); turns keep to it.
-            model=transcription.model,
+            # The session's model by id or alias (service.models); turns keep to it. Partials may
+            # come from the draft model.
+            model=self._partial_model(transcription, language) if partial else transcription.model,
+            draft=partial,
+            word_timestamps=partial,
             keywords=tuple(transcription.keywords or ()),
             logprobs=bool(config.include),
             # Ours: who spoke each completed turn (`transcription.speakers: true`); partials never.
             diarize=bool(transcription.speakers) and not partial,
         )
+
+    def _partial_model(self, transcription: Transcription, language: str | None) -> str | None:
+        """ASR_STREAM_PARTIAL_MODEL, unless it does not know the session's language."""
+        draft = self.settings.stream_partial_model
+        if draft is None:
+            return transcription.model
+        try:
+            languages = self.pipeline.model(draft).capabilities.languages
+        except ServiceError:  # not loaded (yet): the partial loads it on demand
+            return draft
+        return draft if language is None or language in languages else transcription.model
 
     # ---- audio --------------------------------------------------------------------------
 
@@ -321,7 +355,8 @@ class RealtimeSession:
                 )
 
     def _new_turn(self, start: int, now: float) -> Turn:
-        return Turn(_id("item"), start, now, Stabilizer(self.settings.stream_partial_agreement))
+        s = self.settings
+        return Turn(_id("item"), start, now, Partials(s.stream_partial_agreement, s.stream_partial_stable_seconds))
 
     def _clear(self) -> None:
         if self._turn is not None and self._turn.partial is not None:
@@ -408,13 +443,16 @@ class RealtimeSession:
         ):
             return
         turn.partial_from = received
-        turn.partial = asyncio.create_task(self._partial(turn, self._buffer.slice(turn.start, received)))
+        # The audio since the cut (service.streaming.partials): a partial's cost stays bounded.
+        start = turn.start + round(turn.partials.cut * RATE)
+        audio = self._buffer.slice(start, received)
+        turn.partial = asyncio.create_task(self._partial(turn, audio, (start - turn.start) / RATE))
 
-    async def _partial(self, turn: Turn, audio: npt.NDArray[np.float32]) -> None:
+    async def _partial(self, turn: Turn, audio: npt.NDArray[np.float32], offset: float) -> None:
         token = CancelToken()
         self._tokens.add(token)
         work = Work(
-            self._options(self.config, partial=True),
+            self._options(self.config, turn),
             DecodedAudio.from_array(audio),
             priority=Priority.STREAM,
             token=token,
@@ -431,8 +469,7 @@ class RealtimeSession:
         if turn.final or self.closed:
             return
         transcript = outcome.result.transcript
-        sent = len(turn.stabilizer.sent)
-        delta = turn.stabilizer.update(transcript.text)
+        delta = turn.partials.update(_heard(transcript, offset), offset + audio.size / RATE)
         if delta:
             if not turn.first_partial_sent:
                 turn.first_partial_sent = True
@@ -442,7 +479,7 @@ class RealtimeSession:
                 item_id=turn.item_id,
                 content_index=0,
                 delta=delta,
-                **self._delta_logprobs(transcript, sent, len(turn.stabilizer.sent)),
+                **self._delta_logprobs(transcript, *turn.partials.sent_range),
             )
 
     async def _finalise_turns(self) -> None:
@@ -474,8 +511,9 @@ class RealtimeSession:
         finally:
             self._tokens.discard(token)
         transcript = outcome.result.transcript
-        sent = len(turn.stabilizer.sent)
-        rest, revised = turn.stabilizer.finish(transcript.text)
+        self._remember(transcript.text, outcome.flags)
+        sent = len(turn.partials.sent)
+        rest, revised = turn.partials.finish(transcript.text)
         if revised:
             self.metrics.stream_revisions.inc()
         elif rest:
@@ -484,7 +522,7 @@ class RealtimeSession:
                 item_id=turn.item_id,
                 content_index=0,
                 delta=rest,
-                **self._delta_logprobs(transcript, sent, len(turn.stabilizer.sent)),
+                **self._delta_logprobs(transcript, sent, len(turn.partials.sent)),
             )
         await self._send(
             "conversation.item.input_audio_transcription.completed",
@@ -498,6 +536,19 @@ class RealtimeSession:
         )
         self.metrics.stream_finalisation.observe(time.monotonic() - speech_end)
         self._in_background(self.pipeline.keep_sample(outcome, turn.item_id))
+
+    def _remember(self, text: str, flags: list[str]) -> None:
+        """Keep the session's recent text for the next turn's prompt, or forget it when this turn
+        looks like a hallucination (a repeated or invented line would prompt more of the same)."""
+        chars = self.settings.stream_context_chars
+        joined = f"{self._context} {text}".strip()
+        if flags or has_repetition(joined) or not chars:
+            self._context = ""
+            return
+        if len(joined) > chars:
+            cut = joined.find(" ", len(joined) - chars)
+            joined = joined[cut + 1 :] if cut >= 0 else joined[-chars:]
+        self._context = joined
 
     def _delta_logprobs(self, transcript: Transcript, first: int, stop: int) -> dict[str, Any]:
         """A delta's `logprobs` (the tokens of its words, `first` to `stop`) when the session includes them."""
@@ -517,6 +568,25 @@ class RealtimeSession:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _heard(transcript: Transcript, offset: float) -> list[Heard]:
+    """A partial's words with their times from the turn's start (`offset`: where its audio began),
+    one per whitespace-separated word of its text (as the final's text is compared, and logprobs
+    counted): Whisper's word timings split "o'clock" into " o" and "'clock", which are joined here.
+    A segment without word timings lends its words its own times."""
+    words: list[Heard] = []
+    for seg in transcript.segments:
+        if seg.words is None:
+            words += [Heard(w, seg.start + offset, seg.end + offset, 1.0) for w in seg.text.split()]
+            continue
+        for w in seg.words:
+            if words and w.word[:1] not in ("", " ") and not w.word[:1].isspace():
+                last = words[-1]
+                words[-1] = Heard(last.word + w.word, last.start, w.end + offset, min(last.probability, w.probability))
+            else:
+                words.append(Heard(w.word.strip(), w.start + offset, w.end + offset, w.probability))
+    return words
 
 
 def _extras(outcome: Outcome) -> dict[str, Any]:
