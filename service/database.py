@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import sqlite3
+import time
 import zlib
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -71,6 +72,25 @@ class Database(ABC):
         """Release connections (a pool); the object is unusable afterwards."""
 
 
+_SQLITE_TIMEOUT = 30.0
+
+
+def _wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (it stays so). Turning a new file to WAL needs its exclusive lock,
+    and SQLite answers "database is locked" at once, without its busy timeout, when it sees a
+    deadlock (this connection's read lock against another's pending write): processes that open
+    a new file together would fail. So retry, within the same timeout."""
+    deadline = time.monotonic() + _SQLITE_TIMEOUT
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SQLiteDatabase(Database):
     """One SQLite file. A connection per transaction, because callers are threads and several
     processes; WAL lets readers and the one writer proceed together."""
@@ -81,9 +101,9 @@ class SQLiteDatabase(Database):
     @contextlib.contextmanager
     def _open(self) -> Iterator[sqlite3.Connection]:
         """A connection in WAL mode with dict rows, its block one transaction, closed after."""
-        db = sqlite3.connect(self.path, timeout=30.0)
+        db = sqlite3.connect(self.path, timeout=_SQLITE_TIMEOUT)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            _wal(db)
             db.row_factory = _dict_row
             with db:
                 yield db
