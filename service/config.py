@@ -240,11 +240,12 @@ class SchedulerSettings(BaseSettings):
         "Within one long file: ASR_BATCH_SIZE.",
     )
     batch_wait_ms: float = Field(
-        10.0,
+        50.0,
         ge=0,
         le=1000,
         description="How long a worker may wait for admitted requests still being decoded to join its batch, "
-        "only while every other worker is busy (never at concurrency 1).",
+        "only while every other worker is busy (never at concurrency 1). Measured at concurrency 8 with base on "
+        "2 cores: 50 ms gave 1.63x the throughput of no batching, 10 ms 1.28x.",
     )
 
 
