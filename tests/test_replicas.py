@@ -42,6 +42,10 @@ def _env(url: str, shared: Path) -> dict[str, str]:
         "ASR_JOBS_WINDOW_SECONDS": "30",
         "ASR_JOBS_CONCURRENCY": "1",
         "ASR_SHUTDOWN_GRACE_SECONDS": "2",
+        # One window per engine call, so that replica a is still on the job when it goes: batched,
+        # the job's last windows of tiny.en finish within a's shutdown (b then has nothing left to
+        # show). Batched windows' cancellation is tested in tests/test_batcher.py.
+        "ASR_BATCH_MAX_SIZE": "1",
     }
 
 
