@@ -179,7 +179,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--levels", help="concurrency levels, comma-separated (default 1,2,4,8,16; must hold 1 and 8)")
     args = parser.parse_args()
-    levels = (1, 8) if args.quick else (1, 2, 4, 8, 16)
+    levels: tuple[int, ...] = (1, 8) if args.quick else (1, 2, 4, 8, 16)
     if args.levels:
         levels = tuple(int(level) for level in args.levels.split(","))
     data = measure(args.model, levels, 1 if args.quick else args.rounds)
